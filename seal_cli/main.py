@@ -1,0 +1,62 @@
+"""The ``seal`` command.
+
+Each subcommand lives in ``seal_cli/commands/<name>.py`` and exposes
+``register(subparsers)``, which adds its parser and sets ``func`` to a callable
+``func(args) -> int``. Command modules import heavy libraries (torch,
+transformers, prefect) inside ``func`` so that ``seal --help`` stays fast.
+
+User errors (:class:`seal_core.errors.SealError`) print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+# Order is the order shown in --help: the pipeline's order.
+COMMANDS = ["ingest", "rank", "select", "inspect", "finetune", "generate", "evaluate", "run", "demo"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="seal",
+        description="seal-curate: safety-aware data selection for LLM fine-tuning (SEAL).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            mod = importlib.import_module(f"seal_cli.commands.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"seal_cli.commands.{name}":
+                continue  # command not built yet
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from seal_core.errors import SealError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except SealError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # `seal inspect ... | head` closes stdout early; that is not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""Recognising and normalising the supported record formats.
+
+Every normaliser takes one record (a dict) and returns ``(turns, metadata)``:
+``turns`` is a list of ``(role, content)`` tuples with contents stripped and
+consecutive turns of the same role merged (joined with a blank line), and
+``metadata`` is the record without the fields that made the conversation. A
+record that cannot become a sample raises :class:`RowReject` with a stable
+reason code and the offending field.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import Any, Callable, Iterable
+
+import orjson
+
+from ..errors import InputError
+
+
+class RowReject(Exception):
+    """One record is unusable; it goes to rejects.parquet and ingestion goes on."""
+
+    __slots__ = ("reason", "field", "detail")
+
+    def __init__(self, reason: str, field: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+        self.field = field
+        self.detail = detail
+
+
+MESSAGE_ROLES = {"system": "system", "user": "user", "assistant": "assistant"}
+
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "bing": "assistant",
+    "bard": "assistant",
+    "system": "system",
+}
+
+# Response column names accepted by the prompt-response format, in order of preference.
+RESPONSE_KEYS = ("response", "completion", "answer")
+
+# "\n\nHuman: " / "\n\nAssistant: " open a turn; the space is optional so that a
+# transcript ending in "\n\nAssistant:" (trailing space stripped by some tools) still parses.
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):[ \t]?")
+
+
+def _text(rec: dict, key: str, *, required: bool = True) -> str:
+    v = rec.get(key)
+    if v is None:
+        if required:
+            what = "is null" if key in rec else "is missing"
+            raise RowReject("missing_field", key, f"field '{key}' {what}")
+        return ""
+    if type(v) is not str:
+        raise RowReject("wrong_type", key, f"field '{key}' must be a string, got {type(v).__name__}")
+    v = v.strip()
+    if required and not v:
+        raise RowReject("empty_field", key, f"field '{key}' is empty")
+    return v
+
+
+def _json_list(rec: dict, key: str) -> list:
+    if key not in rec or rec[key] is None:
+        raise RowReject("missing_field", key, f"field '{key}' is {'null' if key in rec else 'missing'}")
+    v = rec[key]
+    if type(v) is str and v.lstrip().startswith("["):
+        # A CSV cell (or a stringified column) holding the list as JSON text.
+        try:
+            v = orjson.loads(v)
+        except orjson.JSONDecodeError as e:
+            raise RowReject("malformed_json", key, f"field '{key}' is a string but not valid JSON: {e}") from None
+    if type(v) is not list:
+        raise RowReject("wrong_type", key, f"field '{key}' must be a list of turns, got {type(v).__name__}")
+    if not v:
+        raise RowReject("empty_field", key, f"field '{key}' is an empty list")
+    return v
+
+
+def _turns(items: list, key: str, role_key: str, content_key: str, role_map: dict[str, str],
+           alt_keys: tuple[str, str] | None = None) -> list[tuple[str, str]]:
+    """The careful path: names the first offending field of a list of turns."""
+    turns: list[tuple[str, str]] = []
+    for i, m in enumerate(items):
+        if type(m) is not dict:
+            raise RowReject("wrong_type", f"{key}[{i}]", f"{key}[{i}] must be an object, got {type(m).__name__}")
+        rk, ck = role_key, content_key
+        if alt_keys is not None and rk not in m and alt_keys[0] in m:
+            rk, ck = alt_keys
+        role = m.get(rk)
+        if type(role) is not str:
+            if role is None:
+                raise RowReject("missing_field", f"{key}[{i}].{rk}", f"{key}[{i}] has no '{rk}'")
+            raise RowReject("wrong_type", f"{key}[{i}].{rk}", f"{key}[{i}].{rk} must be a string, got {type(role).__name__}")
+        r = role_map.get(role)
+        if r is None:
+            r = role_map.get(role.strip().lower())
+            if r is None:
+                raise RowReject("unknown_role", f"{key}[{i}].{rk}",
+                                f"unknown role {role!r} in {key}[{i}] (expected {', '.join(sorted(role_map))})")
+        content = m.get(ck)
+        if type(content) is not str:
+            if content is None:
+                raise RowReject("missing_field", f"{key}[{i}].{ck}", f"{key}[{i}] has no '{ck}'")
+            raise RowReject("wrong_type", f"{key}[{i}].{ck}",
+                            f"{key}[{i}].{ck} must be a string, got {type(content).__name__}")
+        content = content.strip()
+        if not content:
+            if r == "system":
+                continue  # an empty system prompt says nothing; many ShareGPT dumps carry one
+            raise RowReject("empty_field", f"{key}[{i}].{ck}", f"{key}[{i}] ({r}) has empty content")
+        if turns and turns[-1][0] == r:
+            turns[-1] = (r, turns[-1][1] + "\n\n" + content)
+        else:
+            turns.append((r, content))
+    return turns
+
+
+def norm_messages(rec: dict, _cfg: Any = None) -> tuple[list[tuple[str, str]], dict]:
+    turns = _turns(_json_list(rec, "messages"), "messages", "role", "content", MESSAGE_ROLES)
+    return turns, {k: v for k, v in rec.items() if k != "messages"}
+
+
+def norm_sharegpt(rec: dict, _cfg: Any = None) -> tuple[list[tuple[str, str]], dict]:
+    turns = _turns(_json_list(rec, "conversations"), "conversations", "from", "value", SHAREGPT_ROLES,
+                   alt_keys=("role", "content"))
+    return turns, {k: v for k, v in rec.items() if k != "conversations"}
+
+
+_ALPACA_KEYS = ("instruction", "input", "output")
+
+
+def norm_alpaca(rec: dict, _cfg: Any = None) -> tuple[list[tuple[str, str]], dict]:
+    instruction = _text(rec, "instruction")
+    inp = _text(rec, "input", required=False)
+    output = _text(rec, "output")
+    user = instruction + "\n\n" + inp if inp else instruction
+    return [("user", user), ("assistant", output)], {k: v for k, v in rec.items() if k not in _ALPACA_KEYS}
+
+
+def norm_prompt_response(rec: dict, _cfg: Any = None) -> tuple[list[tuple[str, str]], dict]:
+    prompt = _text(rec, "prompt")
+    key = next((k for k in RESPONSE_KEYS if k in rec), "response")
+    response = _text(rec, key)
+    return [("user", prompt), ("assistant", response)], {k: v for k, v in rec.items() if k != "prompt" and k != key}
+
+
+def parse_hh(text: str, field: str) -> list[tuple[str, str]]:
+    """Split an Anthropic HH transcript into merged, stripped turns."""
+    if not text.startswith("\n\n"):
+        s = text.lstrip()
+        if s.startswith(("Human:", "Assistant:")):
+            text = "\n\n" + s  # leading blank line lost by some exports
+    parts = _HH_TURN.split(text)
+    if len(parts) == 1:
+        raise RowReject("malformed_transcript", field, f"field '{field}' has no '\\n\\nHuman: ' / '\\n\\nAssistant: ' turns")
+    if parts[0].strip():
+        # A preamble cannot be attributed to a speaker; guessing would train on a wrong role.
+        raise RowReject("malformed_transcript", field,
+                        f"field '{field}' has text before its first '\\n\\nHuman: ' turn: {parts[0].strip()[:60]!r}")
+    turns: list[tuple[str, str]] = []
+    n = (len(parts) - 1) // 2
+    for j in range(n):
+        role = "user" if parts[1 + 2 * j] == "Human" else "assistant"
+        content = parts[2 + 2 * j].strip()
+        if not content:
+            if j == n - 1 and role == "assistant":
+                raise RowReject("empty_field", field, f"field '{field}': the final assistant turn is empty")
+            raise RowReject("empty_field", field, f"field '{field}': turn {j + 1} ({role}) is empty")
+        if turns and turns[-1][0] == role:
+            turns[-1] = (role, turns[-1][1] + "\n\n" + content)
+        else:
+            turns.append((role, content))
+    return turns
+
+
+def norm_hh(rec: dict, cfg: Any = None) -> tuple[list[tuple[str, str]], dict]:
+    field = cfg.hh_field if cfg is not None else "chosen"
+    v = rec.get(field)
+    if v is None:
+        raise RowReject("missing_field", field, f"field '{field}' is {'null' if field in rec else 'missing'}")
+    if type(v) is not str:
+        raise RowReject("wrong_type", field, f"field '{field}' must be a transcript string, got {type(v).__name__}")
+    return parse_hh(v, field), {k: v for k, v in rec.items() if k != field}
+
+
+# Formats holding a list of turns: (record key, role key, content key, role map). The
+# pipeline reads well-formed records of these formats on an inlined fast path and
+# falls back to the normaliser (which names the offending field) for anything else.
+TURN_LIST_FORMATS = {
+    "messages": ("messages", "role", "content", MESSAGE_ROLES),
+    "sharegpt": ("conversations", "from", "value", SHAREGPT_ROLES),
+}
+
+NORMALISERS: dict[str, Callable[[dict, Any], tuple[list[tuple[str, str]], dict]]] = {
+    "messages": norm_messages,
+    "alpaca": norm_alpaca,
+    "sharegpt": norm_sharegpt,
+    "hh": norm_hh,
+    "prompt-response": norm_prompt_response,
+}
+
+
+def _is_hh_text(v: Any) -> bool:
+    return type(v) is str and ("\n\nHuman:" in v[:4000] or v.lstrip().startswith("Human:"))
+
+
+def record_format(rec: dict) -> str | None:
+    """The format a single record looks like, most specific first; None if none."""
+    if "messages" in rec:
+        return "messages"
+    if "conversations" in rec:
+        return "sharegpt"
+    if _is_hh_text(rec.get("chosen")) or _is_hh_text(rec.get("rejected")):
+        return "hh"
+    if "instruction" in rec and "output" in rec:
+        return "alpaca"
+    if "prompt" in rec:
+        return "prompt-response"
+    return None
+
+
+def detect_format(records: Iterable[Any], source: str) -> tuple[str, str]:
+    """Majority format of the given sample of records, with a short explanation."""
+    votes: Counter[str] = Counter()
+    keys: Counter[str] = Counter()
+    n_objects = 0
+    for rec in records:
+        if type(rec) is not dict:
+            continue
+        n_objects += 1
+        keys.update(rec.keys())
+        fmt = record_format(rec)
+        if fmt is not None:
+            votes[fmt] += 1
+    if not votes:
+        if n_objects == 0:
+            raise InputError(f"{source}: cannot detect the format: no JSON object among the first records")
+        seen = ", ".join(k for k, _ in keys.most_common(8))
+        raise InputError(
+            f"{source}: cannot detect the format from fields [{seen}]; expected messages, conversations, "
+            f"chosen/rejected (HH), instruction+output (Alpaca) or prompt+response; pass --format"
+        )
+    order = {f: i for i, f in enumerate(("messages", "sharegpt", "hh", "alpaca", "prompt-response"))}
+    fmt = min(votes, key=lambda f: (-votes[f], order[f]))
+    return fmt, f"{votes[fmt]} of the first {n_objects} records"

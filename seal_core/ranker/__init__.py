@@ -1,0 +1,1 @@
+"""Per-sample data rankers: SEAL (bilevel) and baselines, all writing one scores format."""

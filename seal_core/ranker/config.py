@@ -1,0 +1,136 @@
+"""Configuration of ``seal rank`` (one dataclass per concern, TRL style)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from ..errors import ConfigError
+
+METHODS = ("seal", "seal-penalty", "random", "loss", "dsir")
+
+
+@dataclass
+class SelectorConfig:
+    update: Literal["centered", "reference"] = field(
+        default="centered",
+        metadata={
+            "help": "Selector gradient estimate. 'centered' (default): (N/B)*p_j*(d_j - c) for batch members "
+            "and 0 for the rest, with c a running mean of d over recent batches: an unbiased estimate of the "
+            "full objective's gradient p_j*(d_j - sum_i p_i*d_i). 'reference': the literal reference-code "
+            "update, Adam/SGD on mean_B(w_i*d_i), kept for comparison."
+        },
+    )
+    weighting: Literal["softmax", "sigmoid"] = field(
+        default="softmax", metadata={"help": "w = N*softmax(z) (default) or w = 2*sigmoid(z)."}
+    )
+    optimizer: Literal["sgd", "adam"] = field(
+        default="sgd",
+        metadata={
+            "help": "Selector optimiser. Adam's per-coordinate scaling reduces each sample's sparse "
+            "gradient to its sign and throws away the loss magnitude the ranking needs; plain SGD keeps it "
+            "(see docs/ranker.md). 'adam' with betas (0.9, 0.95) is the paper's recipe."
+        },
+    )
+    lr: Optional[float] = field(
+        default=None,
+        metadata={"help": "Selector learning rate; default 5e-3 for adam (paper), 1.0 for sgd."},
+    )
+    betas: tuple[float, float] = field(default=(0.9, 0.95), metadata={"help": "Adam betas."})
+    baseline: Literal["initial", "none"] = field(
+        default="initial",
+        metadata={
+            "help": "For method=seal, what d_i is measured against. 'initial' (default): "
+            "d_i = l_i(theta_t) - l_i(theta_0), the change of the sample's loss since training began, which "
+            "to first order is the accumulated alignment of its gradient with the safe-set gradient (the "
+            "hypergradient signal) and leaves out each sample's static difficulty. 'none': d_i = l_i(theta_t), "
+            "as in the reference code. seal-penalty always uses l_i(theta) - l_i(theta_lower)."
+        },
+    )
+    center_momentum: float = field(
+        default=0.9,
+        metadata={
+            "help": "Decay of the running mean c used by update=centered. A running mean, not the batch "
+            "mean: batches are length-grouped, and samples of one kind often share a length, so a batch's "
+            "own mean would cancel the very differences the selector must see."
+        },
+    )
+
+    def __post_init__(self):
+        if self.lr is None:
+            self.lr = 5e-3 if self.optimizer == "adam" else 1.0
+        if not self.lr > 0:
+            raise ConfigError(f"selector.lr must be > 0, got {self.lr}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"selector.betas must be two numbers in [0, 1), got {self.betas}")
+        self.betas = tuple(self.betas)
+        if not 0.0 <= self.center_momentum < 1.0:
+            raise ConfigError(f"selector.center_momentum must be in [0, 1), got {self.center_momentum}")
+
+
+@dataclass
+class LoraConfig:
+    r: int = field(default=16, metadata={"help": "LoRA rank."})
+    alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
+    dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"], metadata={"help": "Modules to adapt."})
+
+    def __post_init__(self):
+        if self.r <= 0 or self.alpha <= 0:
+            raise ConfigError("lora.r and lora.alpha must be positive")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        if not self.target_modules:
+            raise ConfigError("lora.target_modules must name at least one module")
+
+
+@dataclass
+class RankConfig:
+    pool: str = field(default="", metadata={"help": "Fine-tuning pool: ingest output dir, canonical Parquet, or a raw file."})
+    safe: str = field(default="", metadata={"help": "Safe set (upper level): same forms as pool."})
+    out: str = field(default="", metadata={"help": "Output directory (scores.parquet, config.json, checkpoints/)."})
+    model: str = field(default="smollm2-135m-instruct", metadata={"help": "Model: a named default, Hub id, local dir or .gguf file."})
+    method: Literal["seal", "seal-penalty", "random", "loss", "dsir"] = field(default="seal", metadata={"help": "Ranking method."})
+    epochs: int = field(default=3, metadata={"help": "Passes over the pool (paper: 3)."})
+    max_length: int = field(default=512, metadata={"help": "Token limit per sample (truncation policy applies above it)."})
+    truncation: Literal["keep_prompt", "left", "right", "drop"] = field(
+        default="keep_prompt",
+        metadata={"help": "Over-long samples: keep_prompt keeps the request and the answer's start (drops the "
+                  "oldest turns and the answer's end); left keeps the end; right cuts the end; drop rejects."})
+    train_on: Literal["final", "all"] = field(default="final", metadata={"help": "Which assistant turns carry loss."})
+    batch_size: int = field(default=8, metadata={"help": "Effective pool batch per step (selector step size)."})
+    safe_batch_size: int = field(default=8, metadata={"help": "Safe-set batch per step."})
+    micro_batch_size: int = field(default=8, metadata={"help": "Samples per forward pass; gradients accumulate up to batch_size."})
+    model_lr: float = field(default=1e-5, metadata={"help": "LoRA learning rate, constant (paper: 1e-5)."})
+    gamma0: float = field(default=1.0, metadata={"help": "Initial upper-level weight gamma (paper: 1.0)."})
+    gamma_decay: float = field(default=0.03, metadata={"help": "delta: gamma drops by this after each epoch (paper: 0.03)."})
+    lora: LoraConfig = field(default_factory=LoraConfig, metadata={"help": "LoRA settings."})
+    selector: SelectorConfig = field(default_factory=SelectorConfig, metadata={"help": "Selector settings."})
+    seed: int = field(default=0, metadata={"help": "Seed for data order, initialisation and the random baseline."})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N."})
+    dtype: str = field(default="auto", metadata={"help": "auto (cuda: bfloat16, cpu: float32), float32, bfloat16, float16."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory on long sequences (GPU)."})
+    checkpoint_every: int = field(default=20, metadata={"help": "Write a resumable checkpoint every N steps (0: only at epoch ends)."})
+    score_batch_size: int = field(default=16, metadata={"help": "Batch size of the final per-sample loss pass."})
+    dsir_buckets: int = field(default=10000, metadata={"help": "Hashed n-gram buckets for the dsir baseline."})
+    max_steps: int = field(default=0, metadata={"help": "Stop after this many steps in total (0: no limit); for smoke tests."})
+    progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
+
+    def __post_init__(self):
+        for name in ("epochs", "max_length", "batch_size", "safe_batch_size", "micro_batch_size", "score_batch_size"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.micro_batch_size > self.batch_size:
+            self.micro_batch_size = self.batch_size
+        if not 0.0 <= self.gamma0 <= 1.0:
+            raise ConfigError(f"gamma0 must be in [0, 1], got {self.gamma0}")
+        if self.gamma_decay < 0:
+            raise ConfigError(f"gamma_decay must be >= 0, got {self.gamma_decay}")
+        if self.model_lr <= 0:
+            raise ConfigError(f"model_lr must be > 0, got {self.model_lr}")
+        if self.checkpoint_every < 0 or self.max_steps < 0:
+            raise ConfigError("checkpoint_every and max_steps must be >= 0")
+
+    def gamma(self, epoch: int) -> float:
+        """Upper-level weight in ``epoch`` (0-based): gamma0 - delta*epoch, floored at 0."""
+        return max(0.0, self.gamma0 - self.gamma_decay * epoch)

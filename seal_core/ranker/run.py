@@ -1,0 +1,148 @@
+"""``seal rank``: train a ranker (or compute a baseline) and score every pool sample.
+
+Output (``cfg.out``): ``scores.parquet`` (one row per pool sample, see
+:mod:`.scores`), ``config.json`` (the resolved config), ``dropped.parquet``
+(pool samples tokenisation could not use, with the reason; they are kept in
+the scores with a NaN score, ranked last), ``train_log.jsonl`` and
+``checkpoints/`` for the bilevel methods.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from ..config import to_dict
+from ..errors import SealError
+from ..io import fingerprint_file, save_resolved_config, write_parquet
+from .config import RankConfig
+from .scores import write_scores
+from .seal import ProgressFn, train_seal
+
+
+def _load(path: str, what: str) -> list[dict]:
+    from ..ingest import load_samples
+
+    if not path:
+        raise SealError(f"no {what} given")
+    if not Path(path).exists() and "://" not in path:
+        raise SealError(f"{what} not found: {path}")
+    samples = load_samples(path)
+    if not samples:
+        raise SealError(f"{what} {path} holds no valid samples")
+    return samples
+
+
+def _fingerprint(path: str) -> str:
+    p = Path(path)
+    return fingerprint_file(p) if p.exists() else path
+
+
+def score_losses(model, tokenizer, encoded: list, batch_size: int, progress: bool = True, desc: str = "score") -> np.ndarray:
+    """Per-sample loss of each encoded sample, in input order (no grad, length-grouped)."""
+    from tqdm.auto import tqdm
+
+    from ..tokenization import collate, length_grouped_batches, per_sample_loss
+
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out = np.full(len(encoded), np.nan)
+    batches = length_grouped_batches([e.n_tokens for e in encoded], batch_size, seed=0, shuffle=False)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for idx in tqdm(batches, desc=desc, unit="batch", disable=not progress, dynamic_ncols=True):
+                batch = {k: v.to(device) for k, v in collate([encoded[i] for i in idx], pad_id).items()}
+                out[idx] = per_sample_loss(model, batch).float().cpu().numpy()
+    except torch.OutOfMemoryError:
+        raise SealError(f"out of memory scoring with batch size {batch_size}; lower score_batch_size") from None
+    finally:
+        model.train(was_training)
+    return out
+
+
+def rank(cfg: RankConfig, resume: bool = False, on_progress: Optional[ProgressFn] = None) -> Path:
+    """Run ``cfg.method`` and write ``cfg.out/scores.parquet``; returns its path."""
+    if not cfg.out:
+        raise SealError("no output directory given (--out)")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    pool = _load(cfg.pool, "pool")
+    # Sorting by id makes every result independent of the pool's file order.
+    pool.sort(key=lambda s: s["sample_id"])
+    ids = [s["sample_id"] for s in pool]
+    if len(set(ids)) != len(ids):
+        raise SealError(f"pool {cfg.pool} has duplicate sample_ids; ingest it first to drop duplicates")
+    meta = {
+        "method": cfg.method,
+        "model": cfg.model,
+        "config": to_dict(cfg),
+        "inputs": {"pool": {"path": cfg.pool, "fingerprint": _fingerprint(cfg.pool), "n": len(pool)}},
+    }
+    save_resolved_config(out, cfg)
+
+    weights = losses = None
+    dropped: list[dict] = []
+    if cfg.method == "random":
+        from .baselines import random_scores
+
+        scores = np.asarray(random_scores(ids, cfg.seed), dtype=np.float64)
+    elif cfg.method == "dsir":
+        from .dsir import dsir_scores
+
+        safe = _load(cfg.safe, "safe set")
+        meta["inputs"]["safe"] = {"path": cfg.safe, "fingerprint": _fingerprint(cfg.safe), "n": len(safe)}
+        scores = np.asarray(dsir_scores(pool, safe, n_buckets=cfg.dsir_buckets), dtype=np.float64)
+    else:
+        from ..models import load_model, model_id
+        from ..tokenization import encode_samples
+
+        model, tok = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, seed=cfg.seed)
+        meta["model_id"] = model_id(cfg.model)
+        enc, dropped = encode_samples(tok, pool, cfg.max_length, cfg.train_on, cfg.truncation)
+        pos = {e.sample_id: i for i, e in enumerate(enc)}
+        enc_ids = [e.sample_id for e in enc]
+        if cfg.method == "loss":
+            l = score_losses(model, tok, enc, cfg.score_batch_size, cfg.progress, desc="loss baseline")
+            sample_loss = dict(zip(enc_ids, l))
+            losses = [sample_loss.get(i, math.nan) for i in ids]
+            # High loss under the unadapted model = unlike what the model already does: drop first.
+            scores = -np.asarray(losses)
+        else:
+            safe = _load(cfg.safe, "safe set")
+            meta["inputs"]["safe"] = {"path": cfg.safe, "fingerprint": _fingerprint(cfg.safe), "n": len(safe)}
+            safe_enc, safe_dropped = encode_samples(tok, safe, cfg.max_length, cfg.train_on, cfg.truncation)
+            if not safe_enc:
+                raise SealError(f"no safe-set sample fits max_length={cfg.max_length}")
+            state = train_seal(cfg, model, tok, enc, safe_enc, out, resume=resume, on_progress=on_progress)
+            if not state.completed:
+                print(f"stopped after {state.steps} steps (max_steps); checkpoint saved, resume with --resume")
+            final_losses = score_losses(state.model, tok, enc, cfg.score_batch_size, cfg.progress, desc="final losses")
+            z = state.z.cpu().numpy().astype(np.float64)
+            w = state.weights.cpu().numpy().astype(np.float64)
+            scores = np.array([z[pos[i]] if i in pos else math.nan for i in ids])
+            weights = [w[pos[i]] if i in pos else math.nan for i in ids]
+            losses = [final_losses[pos[i]] if i in pos else math.nan for i in ids]
+            meta["steps"] = state.steps
+            meta["completed"] = state.completed
+            meta["safe_dropped"] = len(safe_dropped)
+    if dropped:
+        write_parquet(out / "dropped.parquet", pa.Table.from_pylist(
+            [{"sample_id": d["sample_id"], "reason": d["reason"]} for d in dropped]))
+    if weights is None:
+        # Baselines have no learnt weights; the softmax of the score gives the same ordering on the
+        # same N*softmax scale as SEAL's weights (NaN scores get weight 0).
+        s = np.where(np.isnan(scores), -np.inf, scores)
+        e = np.exp(s - np.max(s[np.isfinite(s)])) if np.isfinite(s).any() else np.zeros_like(s)
+        weights = len(ids) * e / e.sum() if e.sum() > 0 else np.full(len(ids), np.nan)
+    meta["dropped"] = len(dropped)
+    meta["wall_seconds"] = round(time.time() - t0, 2)
+    return write_scores(out / "scores.parquet", ids, scores, weights, losses, meta)

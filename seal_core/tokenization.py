@@ -1,0 +1,290 @@
+"""Chat-template tokenisation with assistant-only loss masks, length-grouped batching, per-sample loss.
+
+Masking renders the conversation with the tokenizer's own chat template at every assistant turn
+(``messages[:k]`` with the generation prompt vs ``messages[:k+1]``) and tokenises the text between
+those boundaries piece by piece, so the target span is exact in tokens: the assistant's content plus
+the end-of-turn token (e.g. ``<|im_end|>``, so the model learns to stop), never the role header.
+Labels follow the Hugging Face convention: aligned with ``input_ids``, ``-100`` where no loss is taken;
+the shift (token t predicted from positions < t) happens in :func:`per_sample_loss`.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from .errors import ConfigError, SealError
+
+IGNORE_INDEX = -100
+TRAIN_ON = ("final", "all")
+TRUNCATION = ("keep_prompt", "left", "right", "drop")
+
+
+@dataclass
+class Encoded:
+    sample_id: str
+    input_ids: list[int]
+    labels: list[int]  # same length as input_ids; IGNORE_INDEX on non-target tokens
+    n_tokens: int
+    n_target_tokens: int
+    truncated: bool
+
+
+def _check_options(max_length: int, train_on: str, truncation: str) -> None:
+    if train_on not in TRAIN_ON:
+        raise ConfigError(f"train_on must be one of {', '.join(TRAIN_ON)}, got {train_on!r}")
+    if truncation not in TRUNCATION:
+        raise ConfigError(f"truncation must be one of {', '.join(TRUNCATION)}, got {truncation!r}")
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
+        raise ConfigError(f"max_length must be an integer >= 2, got {max_length!r}")
+
+
+def _plain_messages(messages: Iterable[Any]) -> list[dict[str, str]]:
+    # Rows read from parquet may be numpy arrays of dicts; templates want plain lists of str.
+    return [{"role": str(m["role"]), "content": "" if m["content"] is None else str(m["content"])} for m in messages]
+
+
+def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def _segments(tokenizer, messages: list[dict], train_on: str) -> list[tuple[str, str]]:
+    """Split the rendered conversation into (text, kind) pieces; kind is "context", "target" or "suffix".
+
+    "suffix" is what the template appends after an assistant's content (end-of-turn token, newline);
+    its leading special token(s) become target later.
+    """
+    assistant_idx = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    if train_on == "final":
+        assistant_idx = assistant_idx[-1:]
+    full = _render(tokenizer, messages, add_generation_prompt=False)
+    pieces: list[tuple[str, str]] = []
+    cursor = 0
+    for k in assistant_idx:
+        before = _render(tokenizer, messages[:k], add_generation_prompt=True) if k > 0 else None
+        upto = _render(tokenizer, messages[: k + 1], add_generation_prompt=False)
+        if before is None:
+            # First message is the assistant: the template may prepend a system prompt, so locate the
+            # content inside its own rendering instead of relying on an empty-prefix render.
+            start = upto.rfind(messages[k]["content"]) if messages[k]["content"] else -1
+            before = upto[:start] if start >= 0 else ""
+        if not (upto.startswith(before) and full.startswith(upto) and len(before) >= cursor):
+            raise SealError(
+                "the tokenizer's chat template does not render conversations prefix by prefix, "
+                "so assistant tokens cannot be located exactly"
+            )
+        pieces.append((full[cursor: len(before)], "context"))
+        turn = upto[len(before):]
+        content = messages[k]["content"]
+        at = turn.find(content) if content else 0
+        if at < 0 and content.strip():
+            content = content.strip()  # some templates trim message content
+            at = turn.find(content)
+        if at < 0:
+            pieces.append((turn, "target"))  # template rewrites content: train on its whole rendering
+        else:
+            pieces.append((turn[:at], "context"))
+            pieces.append((turn[at: at + len(content)], "target"))
+            pieces.append((turn[at + len(content):], "suffix"))
+        cursor = len(upto)
+    pieces.append((full[cursor:], "context"))
+    return [(t, kind) for t, kind in pieces if t]
+
+
+def _tokenize(tokenizer, messages: list[dict], train_on: str) -> tuple[list[int], list[int]]:
+    pieces = _segments(tokenizer, messages, train_on)
+    if not pieces:
+        return [], []
+    enc = tokenizer([t for t, _ in pieces], add_special_tokens=False)["input_ids"]
+    special = set(tokenizer.all_special_ids)
+    ids: list[int] = []
+    mask: list[int] = []
+    for (_, kind), toks in zip(pieces, enc):
+        if kind == "suffix":
+            # Target up to and including the first special token (end of turn); the rest
+            # (newline before the next turn) is context.
+            stop = next((j + 1 for j, t in enumerate(toks) if t in special), 0)
+            flags = [1] * stop + [0] * (len(toks) - stop)
+        else:
+            flags = [1 if kind == "target" else 0] * len(toks)
+        ids.extend(toks)
+        mask.extend(flags)
+    return ids, mask
+
+
+def _encode(tokenizer, messages, max_length, train_on, truncation, sample_id) -> tuple[Encoded | None, str]:
+    msgs = _plain_messages(messages)
+    if not any(m["role"] == "assistant" for m in msgs):
+        return None, "no assistant turn"
+    ids, mask = _tokenize(tokenizer, msgs, train_on)
+    n = len(ids)
+    truncated = n > max_length
+    if truncated:
+        if truncation == "drop":
+            return None, f"too long: {n} tokens > max_length {max_length}"
+        if truncation == "left":
+            ids, mask = ids[-max_length:], mask[-max_length:]
+        elif truncation == "keep_prompt":
+            # A loss only says how the model answers *this* request if the request is in view:
+            # keep the context right before the final answer (up to half the budget when the
+            # answer needs the rest) and the start of the answer; drop the oldest turns and
+            # the answer's end.
+            last = max(i for i, m in enumerate(mask) if m)
+            t0 = last
+            while t0 > 0 and mask[t0 - 1]:
+                t0 -= 1
+            keep_ctx = min(t0, max(max_length - (n - t0), max_length // 2))
+            start = t0 - keep_ctx
+            ids, mask = ids[start : start + max_length], mask[start : start + max_length]
+        else:
+            ids, mask = ids[:max_length], mask[:max_length]
+    # Position 0 has nothing before it to predict it from, so it can never carry loss.
+    mask = [0] + mask[1:]
+    n_target = sum(mask)
+    if n_target == 0:
+        return None, ("no target tokens left after truncation" if truncated else "no target tokens")
+    labels = [t if m else IGNORE_INDEX for t, m in zip(ids, mask)]
+    return Encoded(sample_id, ids, labels, len(ids), n_target, truncated), ""
+
+
+def encode_messages(tokenizer, messages, max_length: int, train_on: str = "final", truncation: str = "left",
+                    sample_id: str = "") -> Encoded | None:
+    """Tokenise one conversation with its loss mask.
+
+    train_on: "final" (last assistant turn only) or "all" (every assistant turn).
+    truncation when longer than ``max_length``: "keep_prompt" keeps the prompt right before the
+    final answer and the answer's start (drops the oldest turns and the answer's end), "left" drops
+    the oldest tokens (keeps the answer's end), "right" cuts the end, "drop" rejects. Returns None when rejected, or when no target token is left.
+    """
+    _check_options(max_length, train_on, truncation)
+    return _encode(tokenizer, messages, max_length, train_on, truncation, sample_id)[0]
+
+
+def encode_samples(tokenizer, samples: list[dict], max_length: int, train_on: str = "final",
+                   truncation: str = "left", *, progress: bool = False) -> tuple[list[Encoded], list[dict]]:
+    """Encode canonical samples -> (encoded, rejects); each reject is ``{"sample_id", "reason"}``."""
+    _check_options(max_length, train_on, truncation)
+    it = samples
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(samples, desc="tokenise", unit="sample", leave=False)
+    out: list[Encoded] = []
+    rejects: list[dict] = []
+    for s in it:
+        sid = str(s.get("sample_id", ""))
+        enc, reason = _encode(tokenizer, s["messages"], max_length, train_on, truncation, sid)
+        if enc is None:
+            rejects.append({"sample_id": sid, "reason": reason})
+        else:
+            out.append(enc)
+    return out, rejects
+
+
+def length_grouped_batches(lengths: list[int], batch_size: int, seed: int, shuffle: bool = True) -> list[list[int]]:
+    """Batches of indices with similar lengths, so little compute goes to padding.
+
+    shuffle=True: seeded shuffle, sort by length (longest first) inside mega-batches of 50*batch_size,
+    chunk, then shuffle the batch order with the same seed. shuffle=False: global sort by length
+    (longest first, ties by index), batches in that order. Deterministic for a given seed.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    n = len(lengths)
+    if not shuffle:
+        order = sorted(range(n), key=lambda i: (-lengths[i], i))
+        return [order[i: i + batch_size] for i in range(0, n, batch_size)]
+    rng = random.Random(seed)
+    perm = list(range(n))
+    rng.shuffle(perm)
+    mega = 50 * batch_size
+    batches: list[list[int]] = []
+    for start in range(0, n, mega):
+        group = sorted(perm[start: start + mega], key=lambda i: -lengths[i])
+        batches.extend(group[i: i + batch_size] for i in range(0, len(group), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(items: list[Encoded], pad_id: int) -> dict:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (IGNORE_INDEX on padding)."""
+    import torch
+
+    if not items:
+        raise ValueError("collate needs at least one item")
+    width = max(len(e.input_ids) for e in items)
+    b = len(items)
+    input_ids = torch.full((b, width), int(pad_id), dtype=torch.long)
+    attention_mask = torch.zeros((b, width), dtype=torch.long)
+    labels = torch.full((b, width), IGNORE_INDEX, dtype=torch.long)
+    for row, e in enumerate(items):
+        n = len(e.input_ids)
+        input_ids[row, :n] = torch.tensor(e.input_ids, dtype=torch.long)
+        attention_mask[row, :n] = 1
+        labels[row, :n] = torch.tensor(e.labels, dtype=torch.long)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def _backbone_and_head(model):
+    """(decoder backbone returning hidden states, lm_head) of a causal LM, peft-wrapped or not.
+
+    LoRA layers are injected in place, so the base model's own submodules already include them.
+    """
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover - peft is a hard dependency
+        PeftModel = ()
+    m = model.get_base_model() if isinstance(model, PeftModel) else model
+    head = m.get_output_embeddings() if hasattr(m, "get_output_embeddings") else None
+    if head is None:
+        head = getattr(m, "lm_head", None)
+    backbone = getattr(m, "model", None)
+    if backbone is None:
+        prefix = getattr(m, "base_model_prefix", "")
+        backbone = getattr(m, prefix, None) if prefix else None
+    if backbone is None or head is None or backbone is m:
+        raise SealError(f"cannot find the decoder backbone and lm_head of {type(m).__name__}")
+    return m, backbone, head
+
+
+def per_sample_loss(model, batch: dict):
+    """Mean next-token NLL over each sample's target tokens -> float32 tensor of shape [B].
+
+    Runs the backbone once, then applies ``lm_head`` only at positions whose next label is a target
+    (full-vocab logits are never built for every position). Differentiable. A sample with no target
+    token gets NaN (0/0).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    m, backbone, head = _backbone_and_head(model)
+    device = next(head.parameters()).device
+    input_ids = batch["input_ids"].to(device)
+    labels = batch["labels"].to(device)
+    attention_mask = batch.get("attention_mask")
+    if attention_mask is not None:
+        attention_mask = attention_mask.to(device)
+
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    next_labels = labels[:, 1:]
+    keep = next_labels != IGNORE_INDEX
+    rows = keep.nonzero(as_tuple=True)[0]
+    h = hidden[:, :-1][keep]
+    logits = head(h).float()
+    softcap = getattr(m.config, "final_logit_softcapping", None)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    nll = F.cross_entropy(logits, next_labels[keep], reduction="none")
+    b = input_ids.shape[0]
+    total = torch.zeros(b, dtype=torch.float32, device=device).index_add(0, rows, nll)
+    count = torch.zeros(b, dtype=torch.float32, device=device).index_add(
+        0, rows, torch.ones_like(nll, dtype=torch.float32)
+    )
+    return total / count
+
+
+__all__ = [
+    "IGNORE_INDEX", "Encoded", "encode_messages", "encode_samples",
+    "length_grouped_batches", "collate", "per_sample_loss",
+]
