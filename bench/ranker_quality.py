@@ -11,18 +11,21 @@ The labels file is read here only, to measure; no ranker sees it.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import time
 from pathlib import Path
+
+# bench/select.py would shadow the standard library's `select` (imported by socket/subprocess):
+# take this script's folder off sys.path before anything else is imported.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
 
 import numpy as np
 import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
-# bench/select.py would shadow the standard library's `select` (needed by subprocess).
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(ROOT))
 
 from seal_core.config import deep_merge, from_dict, parse_overrides, to_dict  # noqa: E402

@@ -71,6 +71,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):
+            # YAML 1.1 (PyYAML) reads "1e-5" (no dot) as a string; it is plainly meant as a number.
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"config key '{key}': expected a number, got {type(value).__name__} {value!r}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):

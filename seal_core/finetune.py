@@ -151,7 +151,7 @@ def train_lora(cfg: FinetuneConfig, model, tokenizer, encoded: list, out_dir: Pa
 
     from .io import atomic_path
     from .models import LoraSettings, add_lora
-    from .ranker.seal import _adapter_state, _load_adapter_state, _rng_state, _seed_all, _set_rng_state
+    from .training import adapter_state, load_adapter_state, rng_state, seed_all, set_rng_state
     from .tokenization import collate, length_grouped_batches, per_sample_loss
 
     if not encoded:
@@ -161,7 +161,7 @@ def train_lora(cfg: FinetuneConfig, model, tokenizer, encoded: list, out_dir: Pa
     sample_ids = [e.sample_id for e in encoded]
     lengths = [e.n_tokens for e in encoded]
 
-    _seed_all(cfg.seed)
+    seed_all(cfg.seed)
     lora = LoraSettings(r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
                         target_modules=tuple(cfg.lora.target_modules))
     model = add_lora(model, lora, adapter_name="default")
@@ -196,12 +196,12 @@ def train_lora(cfg: FinetuneConfig, model, tokenizer, encoded: list, out_dir: Pa
         if diff:
             raise SealError(f"{ckpt_path}: config differs from the checkpoint's in {', '.join(diff)}; "
                             "rerun without --resume or with the same settings")
-        _load_adapter_state(model, ck["adapter"])
+        load_adapter_state(model, ck["adapter"])
         opt.load_state_dict(ck["opt"])
         epoch, batch_pos, step = ck["epoch"], ck["batch_pos"], ck["step"]
         first_loss, last_loss = ck["first_loss"], ck["last_loss"]
         epoch_losses, loss_sum, loss_n = list(ck["epoch_losses"]), ck["loss_sum"], ck["loss_n"]
-        _set_rng_state(ck["rng"])
+        set_rng_state(ck["rng"])
         # Drop log lines past the checkpoint so the log reads as one uninterrupted run.
         if log_path.exists():
             keep = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
@@ -214,10 +214,10 @@ def train_lora(cfg: FinetuneConfig, model, tokenizer, encoded: list, out_dir: Pa
 
     def save_checkpoint() -> None:
         ck = {
-            "config": resolved, "sample_ids": sample_ids, "adapter": _adapter_state(model, "default"),
+            "config": resolved, "sample_ids": sample_ids, "adapter": adapter_state(model, "default"),
             "opt": opt.state_dict(), "epoch": epoch, "batch_pos": batch_pos, "step": step,
             "first_loss": first_loss, "last_loss": last_loss, "epoch_losses": epoch_losses,
-            "loss_sum": loss_sum, "loss_n": loss_n, "rng": _rng_state(),
+            "loss_sum": loss_sum, "loss_n": loss_n, "rng": rng_state(),
         }
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(ckpt_path) as tmp:
@@ -320,6 +320,17 @@ def save_merged(model, tokenizer, path: Path) -> Path:
     if next(model.parameters()).dtype in (torch.bfloat16, torch.float16):
         model = model.float()
     merged = model.merge_and_unload()
+    quantizer = getattr(merged, "hf_quantizer", None)
+    method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", None)
+    if getattr(method, "value", method) == "gguf":
+        # transformers dequantises GGUF weights on load but keeps the quantizer, which then refuses to
+        # save; the weights are plain dense tensors, so drop the marker and save them as such.
+        merged.hf_quantizer = None
+        merged.is_quantized = False
+        if hasattr(merged, "quantization_method"):
+            merged.quantization_method = None
+        if hasattr(merged.config, "quantization_config"):
+            del merged.config.quantization_config
     with atomic_dir(path) as tmp:
         merged.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))

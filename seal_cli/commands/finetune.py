@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 
 
 def register(sub) -> None:
@@ -11,7 +10,6 @@ def register(sub) -> None:
         help="LoRA fine-tune a model on selected samples (writes an adapter)",
         description="LoRA supervised fine-tuning on canonical samples, loss on assistant tokens only. "
         "Defaults follow the paper's recipe: 2 epochs, constant lr 1e-5, LoRA r=16 alpha=16 on q_proj, v_proj.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--data", required=True,
                    help="`seal select` output dir, ingest output dir, canonical Parquet or raw file")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 
 
 def register(sub) -> None:
@@ -12,7 +11,6 @@ def register(sub) -> None:
         description="Generate one response per prompt through the model's chat template. Prompts: JSONL with "
         "`prompt` (or `instruction` + `input`), optional `id` (default: a hash of the prompt text) and any "
         "other fields, which are copied to the output rows.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--prompts", required=True, help="prompts JSONL file")
     p.add_argument("--out", required=True, help="output JSONL file")

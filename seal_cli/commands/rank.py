@@ -14,8 +14,8 @@ def register(sub) -> None:
     )
     p.add_argument("--pool", required=True, help="fine-tuning pool: ingest output dir, canonical Parquet or raw file")
     p.add_argument("--safe", help="safe set (needed by seal, seal-penalty, dsir)")
-    p.add_argument("--model", default="smollm2-135m-instruct", help="named default, Hub id, local dir or .gguf file")
-    p.add_argument("--method", default="seal", choices=["seal", "seal-penalty", "random", "loss", "dsir"])
+    p.add_argument("--model", help="named default, Hub id, local dir or .gguf file (default: smollm2-135m-instruct)")
+    p.add_argument("--method", choices=["seal", "seal-penalty", "random", "loss", "dsir"], help="ranking method (default: seal)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--epochs", type=int, help="passes over the pool (default 3)")
     p.add_argument("--max-length", type=int, help="token limit per sample (default 512)")
@@ -32,7 +32,10 @@ def build_config(args):
     from seal_core.ranker.config import RankConfig
 
     data = load_yaml(args.config) if args.config else {}
-    flags = {"pool": args.pool, "safe": args.safe or "", "model": args.model, "method": args.method, "out": args.out}
+    flags = {"pool": args.pool, "out": args.out}
+    for key in ("safe", "model", "method"):
+        if getattr(args, key):
+            flags[key] = getattr(args, key)
     if args.epochs is not None:
         flags["epochs"] = args.epochs
     if args.max_length is not None:

@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -42,6 +40,7 @@ import torch
 from ..config import to_dict
 from ..errors import SealError
 from ..io import atomic_path
+from ..training import adapter_state, load_adapter_state, rng_state, seed_all, set_rng_state
 from .config import RankConfig
 
 ProgressFn = Callable[[dict], None]
@@ -95,36 +94,6 @@ def selector_entropy(z: torch.Tensor) -> float:
     return h / math.log(max(z.numel(), 2))
 
 
-def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def _set_rng_state(s: dict) -> None:
-    torch.set_rng_state(s["torch"])
-    np.random.set_state(s["numpy"])
-    random.setstate(s["python"])
-    if s.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
-
-
-def _seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _adapter_state(model, adapter: str) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.named_parameters() if f".{adapter}." in k and "lora_" in k}
-
-
-def _load_adapter_state(model, state: dict[str, torch.Tensor]) -> None:
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for k, v in state.items():
-            params[k].copy_(v)
-
-
 def _comparable(cfg: dict) -> dict:
     return {k: v for k, v in cfg.items() if k not in _RESUME_FREE_KEYS}
 
@@ -149,7 +118,7 @@ def train_seal(
     ``out_dir/checkpoints/last.pt`` every ``cfg.checkpoint_every`` steps and at
     every epoch end; ``resume=True`` continues from there.
     """
-    from ..models import LoraSettings, add_lora
+    from ..models import LoraSettings, adapter_parameters, add_lora
     from ..tokenization import collate, length_grouped_batches, per_sample_loss
 
     penalty = cfg.method == "seal-penalty"
@@ -162,7 +131,7 @@ def train_seal(
         raise SealError("SEAL needs at least one pool sample and one safe-set sample after tokenisation")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
-    _seed_all(cfg.seed)
+    seed_all(cfg.seed)
     baseline = None
     if not penalty and cfg.selector.baseline == "initial" and not (resume and (out_dir / "checkpoints" / _CKPT_NAME).exists()):
         from .run import score_losses
@@ -181,12 +150,9 @@ def train_seal(
         model.enable_input_require_grads()
     model.train()
 
-    def adapter_params(name: str) -> list[torch.nn.Parameter]:
-        return [p for k, p in model.named_parameters() if f".{name}." in k and "lora_" in k]
-
-    upper_params = adapter_params("default")
+    upper_params = adapter_parameters(model, "default")
     opt = torch.optim.AdamW(upper_params, lr=cfg.model_lr, weight_decay=0.0)
-    lower_params = adapter_params("lower") if penalty else []
+    lower_params = adapter_parameters(model, "lower") if penalty else []
     opt_lower = torch.optim.AdamW(lower_params, lr=cfg.model_lr, weight_decay=0.0) if penalty else None
     z = torch.zeros(n, dtype=torch.float32, device=device, requires_grad=True)
     sel = cfg.selector
@@ -219,10 +185,10 @@ def train_seal(
                             "rerun without --resume or with the same settings")
         with torch.no_grad():
             z.copy_(ck["z"])
-        _load_adapter_state(model, ck["adapters"]["default"])
+        load_adapter_state(model, ck["adapters"]["default"])
         opt.load_state_dict(ck["opt"]["default"])
         if penalty:
-            _load_adapter_state(model, ck["adapters"]["lower"])
+            load_adapter_state(model, ck["adapters"]["lower"])
             opt_lower.load_state_dict(ck["opt"]["lower"])
         sel_opt.load_state_dict(ck["opt"]["selector"])
         epoch, batch_pos, step = ck["epoch"], ck["batch_pos"], ck["step"]
@@ -230,7 +196,7 @@ def train_seal(
         center, baseline = ck["center"], ck["baseline"]
         if baseline is not None:
             baseline = baseline.to(device)
-        _set_rng_state(ck["rng"])
+        set_rng_state(ck["rng"])
         # Drop log lines past the checkpoint so the log reads as one uninterrupted run.
         if log_path.exists():
             keep = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
@@ -241,14 +207,14 @@ def train_seal(
     def save_checkpoint() -> None:
         ck = {
             "config": resolved, "sample_ids": sample_ids, "z": z.detach().cpu(),
-            "adapters": {"default": _adapter_state(model, "default")},
+            "adapters": {"default": adapter_state(model, "default")},
             "opt": {"default": opt.state_dict(), "selector": sel_opt.state_dict()},
             "epoch": epoch, "batch_pos": batch_pos, "step": step,
-            "safe_epoch": safe_epoch, "safe_pos": safe_pos, "rng": _rng_state(),
+            "safe_epoch": safe_epoch, "safe_pos": safe_pos, "rng": rng_state(),
             "center": center, "baseline": baseline.cpu() if baseline is not None else None,
         }
         if penalty:
-            ck["adapters"]["lower"] = _adapter_state(model, "lower")
+            ck["adapters"]["lower"] = adapter_state(model, "lower")
             ck["opt"]["lower"] = opt_lower.state_dict()
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(ckpt_path) as tmp:
