@@ -39,7 +39,7 @@ VARIANTS = {
     "seal": ("seal", {}),
     "seal-reference": ("seal", {"selector": {"update": "reference", "optimizer": "adam", "baseline": "none"}}),
     "seal-centered-adam": ("seal", {"selector": {"update": "centered", "optimizer": "adam"}}),
-    "seal-no-baseline": ("seal", {"selector": {"baseline": "none"}}),
+    "seal-initial-baseline": ("seal", {"selector": {"baseline": "initial"}}),
     "seal-penalty": ("seal-penalty", {}),
     "random": ("random", {}),
     "loss": ("loss", {}),

@@ -16,7 +16,6 @@ from prefect import flow
 from seal_core.config import to_dict
 from seal_core.errors import SealError
 from seal_core.pipeline import ARMS, CurateConfig, dump_yaml, is_url
-from tasks import storage
 from tasks.common import run_cached
 from tasks.report import scores_artifacts
 from tasks.scoring import merge_losses_task, score_shard, split_shards_task

@@ -12,6 +12,8 @@ Names understood by :func:`load_model`:
 
 from __future__ import annotations
 
+import threading
+
 import functools
 import importlib.util
 import os
@@ -275,11 +277,20 @@ def tiny_model(seed: int = 0):
 # ----------------------------------------------------------------------------- loading
 
 
+_LOAD_LOCK = threading.Lock()
+
+
 def load_model(name_or_path: str, device: str = "auto", dtype: str = "auto", seed: int = 0):
     """Load ``(model, tokenizer)``; any failure to find or fit the model is a one-line :class:`SealError`.
 
-    ``seed`` only matters for ``"tiny-random"``. The model is returned in eval mode.
+    ``seed`` only matters for ``"tiny-random"``. The model is returned in eval mode. Loads are
+    serialised: transformers' lazy imports race when threaded task runners load models at once.
     """
+    with _LOAD_LOCK:
+        return _load_model(name_or_path, device, dtype, seed)
+
+
+def _load_model(name_or_path: str, device: str, dtype: str, seed: int):
     import torch
 
     dev = resolve_device(device)

@@ -18,7 +18,7 @@ import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
 from .config import deep_merge, from_dict, load_yaml, parse_overrides, to_dict
 from .errors import ConfigError
@@ -189,7 +189,7 @@ class ReportConfig:
 class CurateConfig:
     run_dir: str = field(default="runs/curate", metadata={"help": "Directory for every stage's outputs (local path)."})
     model: str = field(default="smollm2-135m-instruct", metadata={"help": "Base model for ranking, fine-tuning and generation."})
-    seed: int = field(default=0, metadata={"help": "Seed of every stage (data order, random subset, initialisation)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the random-subset baseline (each stage section has its own seed)."})
     baseline: bool = field(default=True, metadata={"help": "Also fine-tune on a random subset of the same size as the selection."})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Input data."})
     ingest: IngestSection = field(default_factory=IngestSection, metadata={"help": "Ingest settings (IngestConfig)."})
@@ -270,8 +270,8 @@ class Layout:
         return self.root / "config.yaml"
 
 
-# The arms of the comparison: the base model, the model tuned on the SEAL selection, and the one
-# tuned on a random subset of the same size.
+# The fine-tuned arms of the comparison: on the SEAL selection, and on a random subset of the same
+# size (the base model, untuned, is the third model evaluated).
 ARMS = ("seal", "random")
 
 

@@ -59,6 +59,8 @@ def prefect_env(tmp_path_factory):
         PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_UI_ENABLED="false",
+        # No scheduled runs of curate/nightly may start while the test runs (hermetic, whatever the hour).
+        PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="false",
         PREFECT_SERVER_API_HOST="127.0.0.1",
         PREFECT_SERVER_API_PORT=str(port),
         # Workers and flow-run processes import flows/, tasks/ and seal_core/ from this checkout

@@ -10,7 +10,6 @@ exactly the single-process result.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pyarrow.parquet as pq

@@ -4,7 +4,6 @@ the retry classification and the fsspec exchange helpers (no Prefect server need
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest

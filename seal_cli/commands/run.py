@@ -57,10 +57,14 @@ def run_curate(config, overrides: list[str]) -> dict:
     """Validate the config (a clear error before any Prefect start-up), then run ``curate``."""
     from seal_core.pipeline import load_config, resolve_config_path
 
+    import warnings
+
     if isinstance(config, str):
         config = str(resolve_config_path(config))
     cfg = load_config(config, overrides)
     prefect_defaults()
+    # Deprecation notices from inside transformers/peft say nothing the user can act on.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)(\.|$)")
     from flows.curate import curate
 
     print(f"seal: running curate on {config} -> {cfg.run_dir}", file=sys.stderr, flush=True)

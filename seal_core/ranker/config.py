@@ -37,14 +37,15 @@ class SelectorConfig:
         metadata={"help": "Selector learning rate; default 5e-3 for adam (paper), 1.0 for sgd."},
     )
     betas: tuple[float, float] = field(default=(0.9, 0.95), metadata={"help": "Adam betas."})
-    baseline: Literal["initial", "none"] = field(
-        default="initial",
+    baseline: Literal["none", "initial"] = field(
+        default="none",
         metadata={
-            "help": "For method=seal, what d_i is measured against. 'initial' (default): "
-            "d_i = l_i(theta_t) - l_i(theta_0), the change of the sample's loss since training began, which "
-            "to first order is the accumulated alignment of its gradient with the safe-set gradient (the "
-            "hypergradient signal) and leaves out each sample's static difficulty. 'none': d_i = l_i(theta_t), "
-            "as in the reference code. seal-penalty always uses l_i(theta) - l_i(theta_lower)."
+            "help": "For method=seal, what d_i is measured against. 'none' (default): d_i = l_i(theta_t), "
+            "SEAL's lower-level loss. 'initial': d_i = l_i(theta_t) - l_i(theta_0), the change of the "
+            "sample's loss since training began (to first order, the alignment of its gradient with the "
+            "safe-set gradient). On seal-bench 'initial' ranks harmful samples on top (AUROC 0.21): the safe "
+            "set's hh-rlhf refusals share the harmful samples' style, so style dominates the alignment. "
+            "seal-penalty always uses l_i(theta) - l_i(theta_lower)."
         },
     )
     center_momentum: float = field(
