@@ -106,32 +106,13 @@ class TrainResult:
 # ----------------------------------------------------------------------------- data
 
 
-def resolve_data_path(path: str) -> str:
-    """A `seal select` output dir means its selected.parquet; anything else goes to load_samples as is."""
-    p = Path(path).expanduser()
-    if p.is_dir() and (p / "selected.parquet").is_file():
-        return str(p / "selected.parquet")
-    return str(path)
-
-
 def _load(path: str, what: str) -> list[dict]:
-    from .ingest import load_samples
+    from .ingest import load_required_samples
 
-    if not path:
-        raise SealError(f"no {what} given")
-    if not Path(path).expanduser().exists() and "://" not in path:
-        raise SealError(f"{what} not found: {path}")
-    samples = load_samples(resolve_data_path(path))
-    if not samples:
-        raise SealError(f"{what} {path} holds no valid samples")
-    return samples
+    return load_required_samples(path, what)
 
 
 # ----------------------------------------------------------------------------- training
-
-
-def _comparable(cfg: dict) -> dict:
-    return {k: v for k, v in cfg.items() if k not in _RESUME_FREE_KEYS}
 
 
 def _split(idx: list[int], size: int) -> list[list[int]]:
@@ -151,7 +132,8 @@ def train_lora(cfg: FinetuneConfig, model, tokenizer, encoded: list, out_dir: Pa
 
     from .io import atomic_path
     from .models import LoraSettings, add_lora
-    from .training import adapter_state, load_adapter_state, rng_state, seed_all, set_rng_state
+    from .training import (adapter_state, load_adapter_state, load_checked_checkpoint, rng_state, seed_all,
+                           set_rng_state, trim_log)
     from .tokenization import collate, length_grouped_batches, per_sample_loss
 
     if not encoded:
@@ -188,24 +170,14 @@ def train_lora(cfg: FinetuneConfig, model, tokenizer, encoded: list, out_dir: Pa
     resolved = to_dict(cfg)
 
     if resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if ck["sample_ids"] != sample_ids:
-            raise SealError(f"{ckpt_path}: the checkpoint was made for different training data (sample ids "
-                            "differ); rerun without --resume or point --out elsewhere")
-        diff = sorted(k for k, v in _comparable(resolved).items() if _comparable(ck["config"]).get(k) != v)
-        if diff:
-            raise SealError(f"{ckpt_path}: config differs from the checkpoint's in {', '.join(diff)}; "
-                            "rerun without --resume or with the same settings")
+        ck = load_checked_checkpoint(ckpt_path, sample_ids, resolved, _RESUME_FREE_KEYS, device, "training data")
         load_adapter_state(model, ck["adapter"])
         opt.load_state_dict(ck["opt"])
         epoch, batch_pos, step = ck["epoch"], ck["batch_pos"], ck["step"]
         first_loss, last_loss = ck["first_loss"], ck["last_loss"]
         epoch_losses, loss_sum, loss_n = list(ck["epoch_losses"]), ck["loss_sum"], ck["loss_n"]
         set_rng_state(ck["rng"])
-        # Drop log lines past the checkpoint so the log reads as one uninterrupted run.
-        if log_path.exists():
-            keep = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
-            log_path.write_text("".join(ln + "\n" for ln in keep))
+        trim_log(log_path, step)
     else:
         if resume:
             print(f"no checkpoint at {ckpt_path}; starting from scratch", file=sys.stderr)
@@ -383,8 +355,11 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, on_progress: Optional[Pr
         save_merged(result.model, tok, out / "merged")
 
     def fp(path: str) -> str:
-        p = Path(resolve_data_path(path)).expanduser()
-        return fingerprint_file(p) if p.exists() else path
+        # The canonical file the samples came from, not the whole directory (which holds exports too).
+        from .ingest import canonical_paths
+
+        files = canonical_paths(path) or [Path(path).expanduser()]
+        return fingerprint_file(files[0]) if files[0].exists() else path
 
     summary = {
         "model": cfg.model,
@@ -414,5 +389,4 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, on_progress: Optional[Pr
     return out
 
 
-__all__ = ["FinetuneConfig", "TrainResult", "finetune", "train_lora", "save_adapter", "save_merged",
-           "resolve_data_path"]
+__all__ = ["FinetuneConfig", "TrainResult", "finetune", "train_lora", "save_adapter", "save_merged"]

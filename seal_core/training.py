@@ -3,10 +3,15 @@ state and LoRA adapter state, so checkpoints restore a run bit for bit."""
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import torch
+
+from .errors import SealError
 
 
 def rng_state() -> dict:
@@ -37,3 +42,29 @@ def load_adapter_state(model, state: dict[str, torch.Tensor]) -> None:
     with torch.no_grad():
         for k, v in state.items():
             params[k].copy_(v)
+
+
+def load_checked_checkpoint(path: Path, sample_ids: list[str], config: dict, free_keys: Iterable[str],
+                            device, data_name: str = "data") -> dict:
+    """Load a checkpoint for ``--resume``, refusing one made for other samples or another config.
+
+    ``free_keys`` are config keys that may differ (output path, progress bar, step limit, ...).
+    """
+    ck = torch.load(path, map_location=device, weights_only=False)
+    if ck["sample_ids"] != sample_ids:
+        raise SealError(f"{path}: the checkpoint was made for different {data_name} (sample ids differ); "
+                        "rerun without --resume or point --out elsewhere")
+    free = set(free_keys)
+    old = {k: v for k, v in ck["config"].items() if k not in free}
+    diff = sorted(k for k, v in config.items() if k not in free and old.get(k) != v)
+    if diff:
+        raise SealError(f"{path}: config differs from the checkpoint's in {', '.join(diff)}; "
+                        "rerun without --resume or with the same settings")
+    return ck
+
+
+def trim_log(log_path: Path, step: int) -> None:
+    """Drop log lines past ``step`` so a resumed run's log reads as one uninterrupted run."""
+    if log_path.exists():
+        keep = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+        log_path.write_text("".join(ln + "\n" for ln in keep))

@@ -11,7 +11,7 @@ Public API:
 
 from .config import FORMATS, REASONS, IngestConfig
 from .formats import RowReject, detect_format, parse_hh
-from .load import canonical_paths, iter_canonical_batches, load_samples
+from .load import canonical_paths, iter_canonical_batches, load_required_samples, load_samples
 from .pipeline import REJECTS_SCHEMA, IngestResult, format_summary, ingest
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "format_summary",
     "ingest",
     "iter_canonical_batches",
+    "load_required_samples",
     "load_samples",
     "parse_hh",
 ]

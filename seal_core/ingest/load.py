@@ -46,13 +46,16 @@ def _canonical_file(path: Path) -> bool:
 def canonical_paths(path: str | Path) -> list[Path] | None:
     """The canonical Parquet file(s) behind ``path``, or None if it is raw input.
 
-    An ingest output directory yields its ``samples.parquet``; a canonical
-    Parquet file yields itself.
+    An ingest output directory yields its ``samples.parquet``, a ``seal select``
+    output directory its ``selected.parquet``; a canonical Parquet file yields itself.
     """
-    p = Path(path)
+    p = Path(path).expanduser()
     if p.is_dir():
-        s = p / "samples.parquet"
-        return [s] if s.is_file() and _canonical_file(s) else None
+        for name in ("samples.parquet", "selected.parquet"):
+            s = p / name
+            if s.is_file() and _canonical_file(s):
+                return [s]
+        return None
     if p.is_file() and _canonical_file(p):
         return [p]
     return None
@@ -116,3 +119,15 @@ def load_samples(path: str | Path, config: IngestConfig | None = None) -> list[d
             log.warning("%s: %d of %d rows rejected (%s)", path, result.rejected, result.rows_read,
                         ", ".join(f"{k} {v}" for k, v in result.rejected_by_reason.items()))
         return pq.read_table(result.samples_path).to_pylist()
+
+
+def load_required_samples(path: str, what: str) -> list[dict]:
+    """``load_samples`` for a stage input that must exist and hold samples; errors name ``what``."""
+    if not path:
+        raise InputError(f"no {what} given")
+    if not Path(path).expanduser().exists() and "://" not in path:
+        raise InputError(f"{what} not found: {path}")
+    samples = load_samples(path)
+    if not samples:
+        raise InputError(f"{what} {path} holds no valid samples")
+    return samples

@@ -27,16 +27,9 @@ from .seal import ProgressFn, train_seal
 
 
 def _load(path: str, what: str) -> list[dict]:
-    from ..ingest import load_samples
+    from ..ingest import load_required_samples
 
-    if not path:
-        raise SealError(f"no {what} given")
-    if not Path(path).exists() and "://" not in path:
-        raise SealError(f"{what} not found: {path}")
-    samples = load_samples(path)
-    if not samples:
-        raise SealError(f"{what} {path} holds no valid samples")
-    return samples
+    return load_required_samples(path, what)
 
 
 def _fingerprint(path: str) -> str:

@@ -40,7 +40,8 @@ import torch
 from ..config import to_dict
 from ..errors import SealError
 from ..io import atomic_path
-from ..training import adapter_state, load_adapter_state, rng_state, seed_all, set_rng_state
+from ..training import (adapter_state, load_adapter_state, load_checked_checkpoint, rng_state, seed_all,
+                        set_rng_state, trim_log)
 from .config import RankConfig
 
 ProgressFn = Callable[[dict], None]
@@ -92,10 +93,6 @@ def selector_entropy(z: torch.Tensor) -> float:
     p = torch.softmax(z.detach().double(), 0)
     h = -(p * torch.log(p.clamp_min(1e-300))).sum().item()
     return h / math.log(max(z.numel(), 2))
-
-
-def _comparable(cfg: dict) -> dict:
-    return {k: v for k, v in cfg.items() if k not in _RESUME_FREE_KEYS}
 
 
 def _split(idx: list[int], size: int) -> list[list[int]]:
@@ -175,14 +172,7 @@ def train_seal(
     resolved = to_dict(cfg)
 
     if resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if ck["sample_ids"] != sample_ids:
-            raise SealError(f"{ckpt_path}: the checkpoint was made for a different pool (sample ids differ); "
-                            "rerun without --resume or point --out elsewhere")
-        diff = sorted(k for k, v in _comparable(resolved).items() if _comparable(ck["config"]).get(k) != v)
-        if diff:
-            raise SealError(f"{ckpt_path}: config differs from the checkpoint's in {', '.join(diff)}; "
-                            "rerun without --resume or with the same settings")
+        ck = load_checked_checkpoint(ckpt_path, sample_ids, resolved, _RESUME_FREE_KEYS, device, "pool")
         with torch.no_grad():
             z.copy_(ck["z"])
         load_adapter_state(model, ck["adapters"]["default"])
@@ -197,10 +187,7 @@ def train_seal(
         if baseline is not None:
             baseline = baseline.to(device)
         set_rng_state(ck["rng"])
-        # Drop log lines past the checkpoint so the log reads as one uninterrupted run.
-        if log_path.exists():
-            keep = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
-            log_path.write_text("".join(ln + "\n" for ln in keep))
+        trim_log(log_path, step)
     elif log_path.exists():
         log_path.unlink()
 
