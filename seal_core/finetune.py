@@ -53,8 +53,9 @@ class FinetuneConfig:
     lr: float = field(default=1e-5, metadata={"help": "LoRA learning rate, constant (paper: 1e-5)."})
     lora: LoraConfig = field(default_factory=LoraConfig, metadata={"help": "LoRA settings (paper: r=16, alpha=16, q_proj+v_proj)."})
     max_length: int = field(default=512, metadata={"help": "Token limit per sample (truncation policy applies above it)."})
-    truncation: Literal["left", "right", "drop"] = field(
-        default="left", metadata={"help": "Over-long samples: cut the start (keep the answer), cut the end, or drop."})
+    truncation: Literal["left", "right", "keep_prompt", "drop"] = field(
+        default="left", metadata={"help": "Over-long samples: cut the start (keep the answer), cut the end, keep the "
+                                          "request and the answer's start (keep_prompt), or drop."})
     train_on: Literal["final", "all"] = field(default="final", metadata={"help": "Which assistant turns carry loss."})
     loss_reduction: Literal["sample", "token"] = field(
         default="sample", metadata={"help": "'sample': mean of per-sample mean losses; 'token': mean over all target "

@@ -191,6 +191,18 @@ def test_no_usable_sample_is_a_user_error(tmp_path):
         finetune(_cfg(path, tmp_path / "out", truncation="drop"))
 
 
+def test_keep_prompt_trains_on_a_sample_whose_prompt_alone_is_too_long(tmp_path):
+    # "right" cuts the answer away entirely (nothing left to learn, the sample is dropped);
+    # "keep_prompt" keeps the end of the request and the start of the answer.
+    rows = [{"messages": _conv("q " * 200, "The sea is blue.")}]
+    path = _write_jsonl(tmp_path / "long.jsonl", rows)
+    with pytest.raises(SealError, match="no training sample fits"):
+        finetune(_cfg(path, tmp_path / "right", truncation="right", epochs=1))
+    out = finetune(_cfg(path, tmp_path / "keep", truncation="keep_prompt", epochs=1))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_trained"] == 1 and summary["n_truncated"] == 1 and summary["n_dropped"] == 0
+
+
 def test_cli(data, tmp_path, capsys):
     from seal_cli.main import main
 
