@@ -171,7 +171,7 @@ def train_lora(cfg: FinetuneConfig, model, tokenizer, encoded: list, out_dir: Pa
     resolved = to_dict(cfg)
 
     if resume and ckpt_path.exists():
-        ck = load_checked_checkpoint(ckpt_path, sample_ids, resolved, _RESUME_FREE_KEYS, device, "training data")
+        ck = load_checked_checkpoint(ckpt_path, sample_ids, resolved, _RESUME_FREE_KEYS, "training data")
         load_adapter_state(model, ck["adapter"])
         opt.load_state_dict(ck["opt"])
         epoch, batch_pos, step = ck["epoch"], ck["batch_pos"], ck["step"]

@@ -45,12 +45,15 @@ def load_adapter_state(model, state: dict[str, torch.Tensor]) -> None:
 
 
 def load_checked_checkpoint(path: Path, sample_ids: list[str], config: dict, free_keys: Iterable[str],
-                            device, data_name: str = "data") -> dict:
+                            data_name: str = "data") -> dict:
     """Load a checkpoint for ``--resume``, refusing one made for other samples or another config.
 
     ``free_keys`` are config keys that may differ (output path, progress bar, step limit, ...).
     """
-    ck = torch.load(path, map_location=device, weights_only=False)
+    # Everything loads to the CPU: torch.set_rng_state only takes a CPU ByteTensor, and a state
+    # mapped to CUDA would make every GPU resume fail. Optimiser load_state_dict and the in-place
+    # copy_ of adapter weights move tensors to their parameters' device themselves.
+    ck = torch.load(path, map_location="cpu", weights_only=False)
     if ck["sample_ids"] != sample_ids:
         raise SealError(f"{path}: the checkpoint was made for different {data_name} (sample ids differ); "
                         "rerun without --resume or point --out elsewhere")

@@ -144,6 +144,20 @@ def test_resume_matches_uninterrupted_run(data, tmp_path):
     assert s["first_loss"] == pytest.approx(json.loads((full / "summary.json").read_text())["first_loss"])
 
 
+@pytest.mark.gpu
+def test_resume_on_cuda(data, tmp_path):
+    # The checkpoint's RNG state must come back as a CPU ByteTensor: mapped to CUDA, set_rng_state fails.
+    kw = dict(device="cuda", dtype="float32")
+    full = finetune(_cfg(data, tmp_path / "full", **kw))
+    part = tmp_path / "part"
+    finetune(_cfg(data, part, max_steps=3, **kw))
+    resumed = finetune(_cfg(data, part, **kw), resume=True)
+    assert json.loads((resumed / "summary.json").read_text())["steps"] == 8
+    a, b = _adapter_weights(full), _adapter_weights(resumed)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=0)
+
+
 def test_mix_safe_appends_safety_rows(data, safe, tmp_path):
     out = finetune(_cfg(data, tmp_path / "out", mix_safe=safe, epochs=1))
     s = json.loads((out / "summary.json").read_text())

@@ -131,6 +131,18 @@ def test_killed_run_resumes_to_identical_scores(toy, tmp_path):
     assert [r["step"] for r in log] == list(range(1, 9))
 
 
+@pytest.mark.gpu
+def test_resume_on_cuda(toy, tmp_path):
+    # The checkpoint's RNG state must come back as a CPU ByteTensor: mapped to CUDA, set_rng_state fails.
+    kw = dict(epochs=2, checkpoint_every=3, device="cuda", dtype="float32")
+    full = _scores(rank(_cfg(toy, tmp_path / "full", **kw)))
+    out = tmp_path / "killed"
+    rank(_cfg(toy, out, max_steps=5, **kw))
+    resumed = _scores(rank(_cfg(toy, out, **kw), resume=True))
+    # cuBLAS reductions are not bit-reproducible across processes: a looser tolerance than on CPU.
+    np.testing.assert_allclose(resumed.loc[full.index, "score"], full["score"], atol=1e-4)
+
+
 def test_resume_rejects_changed_config(toy, tmp_path):
     from seal_core.errors import SealError
 

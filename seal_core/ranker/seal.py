@@ -171,7 +171,7 @@ def train_seal(
     resolved = to_dict(cfg)
 
     if resume and ckpt_path.exists():
-        ck = load_checked_checkpoint(ckpt_path, sample_ids, resolved, _RESUME_FREE_KEYS, device, "pool")
+        ck = load_checked_checkpoint(ckpt_path, sample_ids, resolved, _RESUME_FREE_KEYS, "pool")
         with torch.no_grad():
             z.copy_(ck["z"])
         load_adapter_state(model, ck["adapters"]["default"])
