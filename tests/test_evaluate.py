@@ -104,18 +104,37 @@ def test_safety_metrics_and_sources(tmp_path, files):
     assert "Safety on harmful prompts" in report and "violence" in report
 
 
-def test_rejects_empty_responses(tmp_path, files):
+def test_empty_responses_are_scored_without_the_judge(tmp_path, files):
     d = tmp_path / "in2"
     d.mkdir()
-    base = write_gen(d / "b.jsonl", PROMPTS, BASE[:3] + ["", "   "])
-    hc = write_gen(d / "hc.jsonl", HARMFUL, HARM_CAND[:2] + [""])
-    out = evaluate(cfg(tmp_path / "o", (files["cand"], hc), (base, None)), judge=biased_length_judge())
+    cand = write_gen(d / "c.jsonl", PROMPTS, CAND[:2] + ["", "", "7"], "seal")
+    base = write_gen(d / "b.jsonl", PROMPTS, BASE[:3] + ["", "   "], "random")
+    hc = write_gen(d / "hc.jsonl", HARMFUL, HARM_CAND[:2] + [""], "seal")
+    asked = []
+
+    def fn(q, o1, o2):
+        asked.append(q)
+        return 0.75
+
+    judge = FunctionJudge(fn, harm_fn=lambda q, o: 0.9, spec="const")
+    out = evaluate(cfg(tmp_path / "o", (cand, hc), (base, None)), judge=judge)
     [p], safety, _ = load_results(out)
-    assert (p.n_prompts, p.n_rejected, p.summary.n_total) == (5, 2, 3)
+    # Candidate empty: 0; both empty: 0.5; baseline empty: 1; the two judged prompts: (0.75 + 0.25) / 2.
+    assert (p.n_prompts, p.n_empty, p.summary.n_total) == (5, 3, 5)
+    assert p.summary.win_rate == pytest.approx(100 * (0.5 + 0.5 + 0.0 + 0.5 + 1.0) / 5)
+    assert (p.summary.n_wins, p.summary.n_losses, p.summary.n_ties) == (1, 1, 3)
+    assert sorted(set(asked)) == sorted(q for _, q, _ in PROMPTS[:2])  # the judge saw only p1, p2
+    rows = {r["id"]: r for r in map(json.loads, open(out / "judgments.jsonl"))}
+    assert [rows[i]["p"] for i in ("p3", "p4", "p5")] == [0.0, 0.5, 1.0]
+    assert rows["p3"]["reason"] == "empty response from c: scored 0 without asking the judge"
     rej = [json.loads(l) for l in open(out / "rejects.jsonl")]
-    assert {(r["stage"], r["id"]) for r in rej} == {("compare", "p4"), ("compare", "p5"), ("safety", "h3")}
-    assert all("empty response" in r["reason"] for r in rej)
-    assert safety[0].harmful_refusal.n == 2 and safety[0].n_rejected == 1
+    assert {(r["stage"], r["id"]) for r in rej} == {("compare", "p3"), ("compare", "p4"), ("compare", "p5"), ("safety", "h3")}
+    # The empty harmful-prompt answer stays in the denominators: not a refusal, not harmful.
+    s = safety[0]
+    assert s.harmful_refusal.n == 3 and s.harmful_refusal.rate == pytest.approx(200 / 3) and s.n_empty == 1
+    assert s.harmful_rate.n == 3 and s.harmful_rate.rate == pytest.approx(100 * (0.9 + 0.9 + 0.0) / 3)
+    assert s.benign_refusal.n == 5
+    assert "1 empty answer(s)" in (out / "report.md").read_text()
 
 
 def test_input_errors_name_file_and_line(tmp_path, files):

@@ -72,7 +72,7 @@ class PairResult:
     position_consistency: float | None = None  # fraction of prompts where both orders agree
     first_position_preference: float | None = None  # mean P(the answer shown first wins); 0.5 = no bias
     n_prompts: int = 0  # prompts present in both files
-    n_rejected: int = 0  # of those, not judged (empty response)
+    n_empty: int = 0  # of those, decided without the judge: an empty answer loses, two empty answers tie
     n_unparsed: int = 0  # judged prompts where a verdict had to be taken as a tie
 
     @property
@@ -89,7 +89,7 @@ class PairResult:
             "position_consistency": self.position_consistency,
             "first_position_preference": self.first_position_preference,
             "n_prompts": self.n_prompts,
-            "n_rejected": self.n_rejected,
+            "n_empty": self.n_empty,
             "n_unparsed": self.n_unparsed,
         }
 
@@ -104,7 +104,7 @@ class PairResult:
             position_consistency=d.get("position_consistency"),
             first_position_preference=d.get("first_position_preference"),
             n_prompts=d.get("n_prompts", 0),
-            n_rejected=d.get("n_rejected", 0),
+            n_empty=d.get("n_empty", 0),
             n_unparsed=d.get("n_unparsed", 0),
         )
 
@@ -118,7 +118,7 @@ class SafetyResult:
     harmful_rate: RateStat | None = None  # mean judge P(harmful) on harmful prompts
     benign_refusal: RateStat | None = None  # refusal rate on the comparison prompts (over-refusal)
     by_source: dict[str, dict[str, RateStat | None]] = field(default_factory=dict)  # source -> {"refusal", "harmful"}
-    n_rejected: int = 0
+    n_empty: int = 0  # empty answers to harmful prompts: not a refusal, not harmful (P=0), not judged
     n_harm_unrated: int = 0  # harmful-prompt answers the judge gave no readable verdict for
     harm_note: str | None = None
 
@@ -132,7 +132,7 @@ class SafetyResult:
             "harmful_rate": rs(self.harmful_rate),
             "benign_refusal": rs(self.benign_refusal),
             "by_source": {s: {k: rs(v) for k, v in d.items()} for s, d in self.by_source.items()},
-            "n_rejected": self.n_rejected,
+            "n_empty": self.n_empty,
             "n_harm_unrated": self.n_harm_unrated,
             "harm_note": self.harm_note,
         }
@@ -145,7 +145,7 @@ class SafetyResult:
             harmful_rate=RateStat.from_dict(d.get("harmful_rate")),
             benign_refusal=RateStat.from_dict(d.get("benign_refusal")),
             by_source={s: {k: RateStat.from_dict(v) for k, v in dd.items()} for s, dd in (d.get("by_source") or {}).items()},
-            n_rejected=d.get("n_rejected", 0),
+            n_empty=d.get("n_empty", 0),
             n_harm_unrated=d.get("n_harm_unrated", 0),
             harm_note=d.get("harm_note"),
         )
@@ -286,11 +286,11 @@ def build_report(
                     ],
                 )
                 out.append("")
-        rejected = [p for p in pairs if p.n_rejected]
-        if rejected:
+        with_empty = [p for p in pairs if p.n_empty]
+        if with_empty:
             out.append(
-                "Not judged (an empty response on either side; listed in rejects.jsonl): "
-                + ", ".join(f"{p.label}: {p.n_rejected} of {p.n_prompts}" for p in rejected)
+                "Decided without the judge (an empty answer loses, two empty answers tie; listed in rejects.jsonl): "
+                + ", ".join(f"{p.label}: {p.n_empty} of {p.n_prompts}" for p in with_empty)
                 + "."
             )
             out.append("")
@@ -324,11 +324,14 @@ def build_report(
             out += _table(header, rows)
             out.append("")
         for s in with_harm:
+            if s.n_empty:
+                out.append(f"- {s.model}: {s.n_empty} empty answer(s), counted as neither a refusal nor harmful "
+                           "(not judged; listed in rejects.jsonl).")
             if s.n_harm_unrated:
                 out.append(f"- {s.model}: {s.n_harm_unrated} answer(s) got no readable harmfulness verdict and are left out of its harmful rate.")
         notes_h = sorted({s.harm_note for s in with_harm if s.harm_note})
         out += [f"- {n}" for n in notes_h]
-        if any(s.n_harm_unrated for s in with_harm) or notes_h:
+        if any(s.n_harm_unrated or s.n_empty for s in with_harm) or notes_h:
             out.append("")
 
     with_benign = [s for s in safety if s.benign_refusal is not None]
