@@ -193,23 +193,38 @@ def read_prompts(path: str | Path, limit: int = 0) -> tuple[list[Prompt], int]:
 
 
 def resolve_adapter(adapter: str) -> tuple[Optional[Path], Optional[str]]:
-    """-> (adapter dir, base model recorded by `seal finetune` or None)."""
+    """-> (adapter dir, base model recorded by `seal finetune` or None).
+
+    ``adapter`` is a `seal finetune` output dir or the ``adapter/`` folder inside one (both find the
+    base model in the run's config.json), or any other peft adapter dir (give its base with --model:
+    peft's ``base_model_name_or_path`` is not trusted, as for a GGUF base it names a folder that
+    cannot be loaded without the file name).
+    """
     if not adapter:
         return None, None
     p = Path(adapter).expanduser()
-    base = None
     if (p / "adapter" / "adapter_config.json").is_file():
-        cfg_file = p / "config.json"
-        if cfg_file.is_file():
-            try:
-                base = json.loads(cfg_file.read_text()).get("model") or None
-            except (OSError, json.JSONDecodeError):
-                base = None
-        p = p / "adapter"
-    elif not (p / "adapter_config.json").is_file():
+        run, p = p, p / "adapter"
+    elif (p / "adapter_config.json").is_file():
+        run = p.parent if (p.parent / "config.json").is_file() and (p.parent / "adapter") == p else None
+    else:
         raise SealError(f"adapter '{adapter}' is neither a `seal finetune` output dir nor an adapter dir "
                         "(no adapter_config.json)")
+    base = None
+    if run is not None:
+        base = _json_field(run / "config.json", "model")
+        if _json_field(run / "summary.json", "completed") is False:
+            print(f"warning: {run} is an unfinished fine-tune (stopped early; `seal finetune --resume` "
+                  "continues it); generating with the adapter it has so far", file=sys.stderr)
     return p, base
+
+
+def _json_field(path: Path, key: str):
+    try:
+        value = json.loads(path.read_text()).get(key)
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+    return value if value not in ("", None) else None
 
 
 def load_for_generation(cfg: GenerateConfig):
@@ -332,11 +347,14 @@ def _read_partial(path: Path, key: dict, resume: bool) -> dict[str, dict]:
         raise SealError(f"{path} was made with different settings ({', '.join(diff)}); "
                         "rerun without --resume to start over")
     done: dict[str, dict] = {}
-    for ln in lines[1:]:
+    for lineno, ln in enumerate(lines[1:], start=2):
         try:
             row = json.loads(ln)
         except json.JSONDecodeError:
             continue  # a line cut short by a kill
+        if not isinstance(row, dict) or not isinstance(row.get("id"), str):
+            raise InputError(f"{path}:{lineno}: not a generation row (an object with an 'id' string); "
+                             "the file was edited by hand? rerun without --resume to start over")
         done[row["id"]] = row
     return done
 

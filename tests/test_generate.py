@@ -161,10 +161,30 @@ def test_adapter_from_finetune_is_applied(model_dir, prompts, tmp_path):
     s = json.loads((ft / "summary.json").read_text())
     assert s["epoch_losses"][-1] < s["epoch_losses"][0] - 0.5
     assert sum(t["response"] != b["response"] for t, b in zip(tuned, base)) >= 6
-    # An adapter dir given directly works the same.
-    direct = _read(generate(_cfg(prompts, tmp_path / "direct.jsonl", model=model_dir,
-                                 adapter=str(ft / "adapter"), limit=8)))
+    # The adapter/ folder given directly, without --model, finds its base in the run's config.json too.
+    direct = _read(generate(_cfg(prompts, tmp_path / "direct.jsonl", adapter=str(ft / "adapter"), limit=8)))
     assert [r["response"] for r in direct] == [r["response"] for r in tuned]
+    assert direct[0]["model"] == base[0]["model"]
+
+
+def test_unfinished_finetune_adapter_is_used_with_a_warning(model_dir, tmp_path, capsys):
+    from seal_core.finetune import FinetuneConfig, finetune
+    from seal_core.generate import resolve_adapter
+
+    rows = [{"messages": [{"role": "user", "content": f"What colour is the {c}?"},
+                          {"role": "assistant", "content": f"The {c} is red."}]} for c in COLOURS]
+    ft = finetune(from_dict(FinetuneConfig, dict(
+        data=_write_jsonl(tmp_path / "red.jsonl", rows), out=str(tmp_path / "ft"), model=model_dir,
+        max_steps=1, batch_size=4, max_length=64, progress=False, device="cpu")))
+    capsys.readouterr()
+    assert resolve_adapter(str(ft)) == (ft / "adapter", model_dir)
+    assert "unfinished fine-tune" in capsys.readouterr().err
+    finetune(from_dict(FinetuneConfig, dict(
+        data=str(tmp_path / "red.jsonl"), out=str(ft), model=model_dir, batch_size=4, max_length=64,
+        progress=False, device="cpu")), resume=True)
+    capsys.readouterr()
+    assert resolve_adapter(str(ft / "adapter")) == (ft / "adapter", model_dir)
+    assert "unfinished" not in capsys.readouterr().err
 
 
 def test_paper_decoding_is_seeded(model_dir, prompts, tmp_path):
@@ -191,6 +211,12 @@ def test_interrupted_run_resumes_from_partial(model_dir, prompts, tmp_path):
     assert not out.exists() and len(partial.read_text().splitlines()) == 1 + 4  # header + one batch
     with pytest.raises(SealError, match="different settings .*max_new_tokens"):
         generate(_cfg(prompts, out, model=model_dir, max_new_tokens=5), resume=True)
+    # A hand-edited partial file is named with its line, not a traceback.
+    text = partial.read_text()
+    partial.write_text(text + '["not a row"]\n')
+    with pytest.raises(InputError, match=r"out\.jsonl\.partial:6: not a generation row"):
+        generate(_cfg(prompts, out, model=model_dir), resume=True)
+    partial.write_text(text)
     seen = []
     generate(_cfg(prompts, out, model=model_dir), resume=True, on_progress=seen.append)
     assert seen[0]["done"] == 8  # the first batch was not generated again
