@@ -92,12 +92,26 @@ def _segments(tokenizer, messages: list[dict], train_on: str) -> list[tuple[str,
     return [(t, kind) for t, kind in pieces if t]
 
 
+def special_token_ids(tokenizer) -> set[int]:
+    """The special-token map's ids plus every added token flagged special.
+
+    Some Llama-3 tokenizer configs keep ``<|eot_id|>`` out of the special-token map (eos is
+    ``<|end_of_text|>``) and only flag it special among the added tokens; missing it would leave
+    the end of turn untrained, and the fine-tuned model would not learn to stop.
+    """
+    ids = set(tokenizer.all_special_ids)
+    for i, tok in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items():
+        if getattr(tok, "special", False):
+            ids.add(int(i))
+    return ids
+
+
 def _tokenize(tokenizer, messages: list[dict], train_on: str) -> tuple[list[int], list[int]]:
     pieces = _segments(tokenizer, messages, train_on)
     if not pieces:
         return [], []
     enc = tokenizer([t for t, _ in pieces], add_special_tokens=False)["input_ids"]
-    special = set(tokenizer.all_special_ids)
+    special = special_token_ids(tokenizer)
     ids: list[int] = []
     mask: list[int] = []
     for (_, kind), toks in zip(pieces, enc):

@@ -81,6 +81,20 @@ def test_mask_covers_exactly_assistant_tokens(tok):
     assert tok.eos_token_id in [lab for lab in enc.labels if lab != IGNORE_INDEX]
 
 
+def test_end_of_turn_flagged_special_only_among_added_tokens_is_trained():
+    # As in some Llama-3 configs: <|eot_id|> ends each turn, but the special-token map's eos is another token.
+    from tokenizers import AddedToken
+
+    t = models.tiny_tokenizer()
+    t.add_tokens([AddedToken("<|eot|>", special=True)])
+    t.chat_template = t.chat_template.replace("'<|im_end|>'", "'<|eot|>'")
+    eot = t.convert_tokens_to_ids("<|eot|>")
+    assert eot not in t.all_special_ids
+    enc = encode_messages(t, CONV, max_length=4096, train_on="final")
+    assert target_spans(t, enc) == ["Vier. Schön 👍<|eot|>"]
+    assert [lab for lab in enc.labels if lab != IGNORE_INDEX][-1] == eot
+
+
 def test_mask_without_system_and_with_odd_content(tok):
     conv = [
         {"role": "user", "content": "  spaces around  "},
