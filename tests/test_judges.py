@@ -6,7 +6,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from seal_core.errors import ConfigError
+from seal_core.errors import ConfigError, SealError
 from seal_core.evaluation import judges as J
 
 
@@ -246,9 +246,15 @@ def test_openai_5xx_is_retried_and_401_is_not(monkeypatch):
         client.close()
     assert len(srv.requests) == 1
 
+    # A 200 that is not a chat completion is retried like a 5xx, then reported.
+    with _Server(lambda n, body: (200, {}, {"unexpected": True}, 0) if n < 2 else (200, {}, _reply("A"), 0)) as srv:
+        client = J.OpenAIChatClient(srv.url, "m", max_retries=1, backoff_base=0.0)
+        assert client.chat([{"role": "user", "content": "x"}]) == "A"
+        client.close()
+    assert len(srv.requests) == 2
     with _Server(lambda n, body: (200, {}, {"unexpected": True}, 0)) as srv:
-        client = J.OpenAIChatClient(srv.url, "m", max_retries=0)
-        with pytest.raises(J.JudgeError, match=r"without choices\[0\].message.content"):
+        client = J.OpenAIChatClient(srv.url, "m", max_retries=1, backoff_base=0.0)
+        with pytest.raises(J.JudgeError, match=r"failed after 2 attempt\(s\); last error: HTTP 200 without choices\[0\].message.content"):
             client.chat([{"role": "user", "content": "x"}])
         client.close()
 
@@ -337,6 +343,14 @@ def test_reward_model_judge(tmp_path, tiny):
     assert j.p_first + j.p_swapped == pytest.approx(1.0) and j.consistent and j.p == pytest.approx(v.p)
     with pytest.raises(NotImplementedError):
         judge.rate_harm([J.SingleItem("q", "a")])
+    # Over the tokenizer's limit: a tie with the reason, not a reward read mid-answer.
+    judge.max_length = len(tok(judge._text("q", "good answer"), add_special_tokens=False)["input_ids"])
+    [v] = judge.compare([J.PairItem("q", "good answer " * 5, "bad")])
+    assert v.p == 0.5 and "longer than the reward model's" in v.reason
+    # A classifier head with two labels is not a reward model.
+    clf = LlamaForSequenceClassification(LlamaConfig(**{**cfg.to_dict(), "num_labels": 2}))
+    with pytest.raises(SealError, match="2 output labels"):
+        J.RewardModelJudge("clf", model=clf, tokenizer=tok)
 
 
 def test_hf_judge_marks_over_long_prompts_instead_of_truncating(tiny):

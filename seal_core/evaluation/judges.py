@@ -431,7 +431,14 @@ class OpenAIChatClient:
                 last = f"connection failed: {type(e).__name__}: {e}"
             else:
                 if resp.status_code == 200:
-                    return self._content(resp)
+                    content = self._content(resp)
+                    if content is not None:
+                        return content
+                    # Proxies and overloaded servers sometimes send a 200 with a cut-off or error body.
+                    last = f"HTTP 200 without choices[0].message.content: {_snippet(resp.text, 200)}"
+                    if attempt + 1 < attempts:
+                        self._sleep_before_retry(attempt, None)
+                    continue
                 detail = _snippet(resp.text, 200)
                 if resp.status_code == 429 or resp.status_code >= 500:
                     last = f"HTTP {resp.status_code}: {detail}"
@@ -450,14 +457,13 @@ class OpenAIChatClient:
                 self._sleep_before_retry(attempt, retry_after)
         raise JudgeError(f"judge endpoint {self.url} failed after {attempts} attempt(s); last error: {last}")
 
-    def _content(self, resp: Any) -> str:
+    @staticmethod
+    def _content(resp: Any) -> str | None:
+        """The reply's text ("" when content is null); None when the body is not a chat completion."""
         try:
-            data = resp.json()
-            content = data["choices"][0]["message"].get("content")
+            content = resp.json()["choices"][0]["message"].get("content")
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-            raise JudgeError(
-                f"judge endpoint {self.url} sent a reply without choices[0].message.content: {_snippet(resp.text, 200)}"
-            ) from None
+            return None
         return content if isinstance(content, str) else ""
 
 
@@ -664,8 +670,9 @@ class RewardModelJudge(Judge):
     Each answer is scored once (``logits[0, 0]`` of the user/assistant
     conversation rendered with the model's chat template, or
     ``instruction + "\\n\\n" + answer`` without one) and cached, so asking in
-    both orders costs nothing extra. Inputs longer than the tokenizer's
-    ``model_max_length`` are truncated on the right.
+    both orders costs nothing extra. An input longer than the tokenizer's
+    ``model_max_length`` is not truncated (the reward would be read mid-answer):
+    that prompt's verdict is a tie with the reason recorded, as with the ``hf:`` judge.
     """
 
     harm_note = "rm: judges score preference only; the harmfulness rate is not rated (refusal rate still is)"
@@ -678,7 +685,12 @@ class RewardModelJudge(Judge):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.spec = f"rm:{model_name or getattr(model.config, 'name_or_path', 'model')}"
-        self._rewards: dict[tuple[str, str], float] = {}
+        self._rewards: dict[tuple[str, str], float | None] = {}
+        n_labels = getattr(model.config, "num_labels", None)
+        if n_labels != 1:
+            # logits[0, 0] of a multi-class head is one class's score, not a reward.
+            raise SealError(f"'{self.spec}' has {n_labels} output labels; an rm: judge needs a reward model "
+                            "with a single scalar output (num_labels=1)")
         self.has_chat_template = bool(getattr(tokenizer, "chat_template", None))
         limit = getattr(tokenizer, "model_max_length", None)
         self.max_length = int(limit) if isinstance(limit, int) and 0 < limit < 1_000_000 else None
@@ -693,19 +705,19 @@ class RewardModelJudge(Judge):
             )
         return f"{instruction}\n\n{answer}"
 
-    def reward(self, instruction: str, answer: str) -> float:
+    def reward(self, instruction: str, answer: str) -> float | None:
+        """The answer's reward; None when the conversation is longer than the model's limit."""
         import torch
 
         key = (instruction, answer)
         if key not in self._rewards:
             device = next(self.model.parameters()).device
             enc = self.tokenizer(
-                self._text(instruction, answer),
-                add_special_tokens=not self.has_chat_template,
-                truncation=self.max_length is not None,
-                max_length=self.max_length,
-                return_tensors="pt",
+                self._text(instruction, answer), add_special_tokens=not self.has_chat_template, return_tensors="pt"
             )
+            if self.max_length is not None and enc["input_ids"].shape[1] > self.max_length:
+                self._rewards[key] = None
+                return None
             # One sequence at a time: no padding, so no dependence on pad_token_id handling.
             with torch.inference_mode():
                 logits = self.model(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device)).logits
@@ -719,6 +731,10 @@ class RewardModelJudge(Judge):
         for it in tqdm(items, desc="reward model", unit="pair", disable=None, leave=False):
             r1 = self.reward(it.instruction, it.output_1)
             r2 = self.reward(it.instruction, it.output_2)
+            if r1 is None or r2 is None:
+                out.append(Verdict(0.5, f"an answer is longer than the reward model's {self.max_length} tokens "
+                                        "(not truncated: scored as a tie)"))
+                continue
             out.append(Verdict(1.0 / (1.0 + math.exp(-(r1 - r2))) if abs(r1 - r2) < 700 else float(r1 > r2), None, f"rewards {r1:.4f} {r2:.4f}"))
         return out
 
