@@ -281,6 +281,12 @@ def main() -> int:
         lines.append(head + f" {gen:.0f} s | {fmt_rate(ref)} | {fmt_rate(harm)} | {nll[name]:.3f} |")
     lines.append(f"\nReference NLL: nats per answer token of eval_helpful.jsonl's {nll['n']} reference answers "
                  "(token-weighted; judge-free; lower is closer to the references).")
+    lines += ["", "Reference NLL differences (paired over the same answers; bootstrap 95% CI; negative: the first "
+              "model is closer to the references)", "", "| models | difference | 95% CI |", "|---|---|---|"]
+    for a, b in (("seal-top70", "random-70"), ("seal-top70", "full-pool"), ("random-70", "full-pool"),
+                 *([] if args.no_base else [("seal-top70", "base")])):
+        d, lo, hi = paired_nll_difference(nll, a, b)
+        lines.append(f"| {a} − {b} | {d:+.4f} | {lo:+.4f} to {hi:+.4f} |")
 
     lines += ["", f"Pairwise win rates on eval_helpful.jsonl (judge {args.judge}, both orders averaged)", "",
               "| candidate | baseline | n | win rate ± SE | 95% CI | W / L / T | order agreement | first-position preference |",
@@ -357,10 +363,25 @@ def reference_nll(base: str, adapters: dict[str, str], prompts_path: Path, dest:
         enc, _ = encode_samples(tok, samples, max_length, "final", "keep_prompt")
         # score_losses gives each answer's mean token loss: weight by token count for nats per token.
         n_tok = np.array([e.n_target_tokens for e in enc], dtype=float)
-        result[name] = float((score_losses(model, tok, enc, 8, progress=False) * n_tok).sum() / n_tok.sum())
+        per = score_losses(model, tok, enc, 8, progress=False)
+        result[name] = float((per * n_tok).sum() / n_tok.sum())
+        result.setdefault("per_answer", {})[name] = per.tolist()
+        result["n_tokens"] = n_tok.tolist()
         result["n"] = len(enc)
         del model
     write_json(dest, result)
+
+
+def paired_nll_difference(nll: dict, a: str, b: str, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Token-weighted NLL(a) - NLL(b) over the same reference answers, with a paired bootstrap 95% CI."""
+    import numpy as np
+
+    x, y = np.array(nll["per_answer"][a]), np.array(nll["per_answer"][b])
+    w = np.array(nll["n_tokens"])
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(w), size=(n_boot, len(w)))
+    boot = ((x - y)[idx] * w[idx]).sum(1) / w[idx].sum(1)
+    return float(((x - y) * w).sum() / w.sum()), float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))
 
 
 def judge_check(spec: str, prompts_path: Path, dest: Path, limit: int) -> None:
