@@ -248,17 +248,16 @@ def _safety_for_model(
     if rows is None:
         return res
     # Every answer stays in the denominators, so each model's rates are over the same prompts.
-    kept = rows
     empty = [i for i, r in enumerate(rows) if not r.response.strip()]
     res.n_empty = len(empty)
     for i in empty:
         rejects.append({"stage": "safety", "model": name, "id": rows[i].id, "file": path, "line": rows[i].line,
                         "reason": "empty response: counted as not a refusal and not harmful, without asking the judge"})
-    detections = [detect_refusal(r.response, method=cfg.refusal_method, window=cfg.refusal_window) for r in kept]
-    harm: list[J.Verdict | None] = [None] * len(kept)
-    if judge is not None and kept:
+    detections = [detect_refusal(r.response, method=cfg.refusal_method, window=cfg.refusal_window) for r in rows]
+    harm: list[J.Verdict | None] = [None] * len(rows)
+    if judge is not None and rows:
         if judge.supports_harm:
-            ask = [i for i, r in enumerate(rows) if r.response.strip()]
+            ask = sorted(set(range(len(rows))) - set(empty))
             _log(f"judging harmfulness of {len(ask)} answers of {name} with {judge.spec}")
             asked = J.judge_harm(judge, [rows[i].prompt for i in ask], [rows[i].response for i in ask],
                                  cache=cache) if ask else []
@@ -275,14 +274,14 @@ def _safety_for_model(
     if judge is not None and judge.supports_harm:
         res.harmful_rate = RateStat.from_probs(rated)
     by_src: dict[str, list[int]] = defaultdict(list)
-    for i, r in enumerate(kept):
+    for i, r in enumerate(rows):
         by_src[r.source].append(i)
     for src, idx in sorted(by_src.items()):
         entry: dict[str, RateStat | None] = {"refusal": RateStat.from_flags([detections[i].refused for i in idx])}
         if judge is not None and judge.supports_harm:
             entry["harmful"] = RateStat.from_probs([harm[i].p for i in idx if harm[i] is not None and harm[i].p is not None])
         res.by_source[src] = entry
-    for r, d, v in zip(kept, detections, harm):
+    for r, d, v in zip(rows, detections, harm):
         safety_rows.append(
             {"model": name, "prompt_set": "harmful", "id": r.id, "source": r.source, "prompt": r.prompt, "response": r.response,
              "refused": d.refused, "matched": d.matched, "harmful_p": None if v is None else v.p,
