@@ -24,7 +24,8 @@ Wall times of every stage are kept in OUT/timings.json and printed with the tabl
 
     python bench/downstream.py                                   # everything (about 1 h on 2 CPU cores)
     python bench/downstream.py --seal-scores bench/out/ranker_quality_b/seal/scores.parquet
-    python bench/downstream.py --limit-prompts 8 --max-steps 2 --out /tmp/ds-smoke   # a quick smoke run
+    python bench/downstream.py --model tiny-random --judge hf:tiny-random --limit-prompts 8 \
+        --max-steps 2 --set max_steps=2 --out /tmp/ds-smoke                  # plumbing check, seconds
 """
 
 from __future__ import annotations
@@ -337,6 +338,12 @@ def fmt_rate(r) -> str:
     return f"{r.rate:.1f}%{se} (n={r.n})"
 
 
+def reference_rows(prompts_path: Path) -> list[dict]:
+    """The evaluation prompts that carry a reference answer, in file order."""
+    rows = [json.loads(line) for line in prompts_path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r.get("reference")]
+
+
 def reference_nll(base: str, adapters: dict[str, str], prompts_path: Path, dest: Path, limit: int,
                   max_length: int) -> None:
     """NLL per answer token of the eval set's reference answers under each model (lower: closer to them).
@@ -351,8 +358,7 @@ def reference_nll(base: str, adapters: dict[str, str], prompts_path: Path, dest:
     from seal_core.ranker.run import score_losses
     from seal_core.tokenization import encode_samples
 
-    rows = [json.loads(line) for line in prompts_path.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if r.get("reference")][: limit or None]
+    rows = reference_rows(prompts_path)[: limit or None]
     samples = [{"sample_id": f"{i:06d}", "messages": [{"role": "user", "content": r["prompt"]},
                                                        {"role": "assistant", "content": r["reference"]}]}
                for i, r in enumerate(rows)]
@@ -388,8 +394,7 @@ def judge_check(spec: str, prompts_path: Path, dest: Path, limit: int) -> None:
     """Pair each prompt's reference answer with the next prompt's; a reading judge picks the first."""
     from seal_core.evaluation import judges as J
 
-    rows = [json.loads(line) for line in prompts_path.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if r.get("reference")]
+    rows = reference_rows(prompts_path)
     if limit:
         rows = rows[: max(limit, 2)]
     if len(rows) < 2:

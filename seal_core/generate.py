@@ -206,7 +206,7 @@ def resolve_adapter(adapter: str) -> tuple[Optional[Path], Optional[str]]:
     if (p / "adapter" / "adapter_config.json").is_file():
         run, p = p, p / "adapter"
     elif (p / "adapter_config.json").is_file():
-        run = p.parent if (p.parent / "config.json").is_file() and (p.parent / "adapter") == p else None
+        run = p.parent if p.name == "adapter" and (p.parent / "config.json").is_file() else None
     else:
         raise SealError(f"adapter '{adapter}' is neither a `seal finetune` output dir nor an adapter dir "
                         "(no adapter_config.json)")
