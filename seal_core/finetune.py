@@ -29,15 +29,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal, Optional
+from typing import Literal, Optional
 
 from .config import to_dict
 from .errors import ConfigError, SealError
 from .ranker.config import LoraConfig
+from .training import ProgressFn
 
-ProgressFn = Callable[[dict], None]
-
-_CKPT_NAME = "last.pt"
 # Keys that may differ between a checkpointed run and its resumption (they do not change the maths).
 _RESUME_FREE_KEYS = {"out", "progress", "max_steps", "checkpoint_every", "device", "merge"}
 
@@ -104,20 +102,88 @@ class TrainResult:
     epoch_losses: list
 
 
-# ----------------------------------------------------------------------------- data
-
-
-def _load(path: str, what: str) -> list[dict]:
-    from .ingest import load_required_samples
-
-    return load_required_samples(path, what)
-
-
 # ----------------------------------------------------------------------------- training
 
 
-def _split(idx: list[int], size: int) -> list[list[int]]:
-    return [idx[i: i + size] for i in range(0, len(idx), size)]
+@dataclass
+class FinetuneLoopState:
+    """Where the loop is and the losses seen so far (the current epoch's as running sums)."""
+
+    epoch: int = 0
+    batch_pos: int = 0
+    step: int = 0
+    first_loss: Optional[float] = None
+    last_loss: Optional[float] = None
+    epoch_losses: list = field(default_factory=list)
+    loss_sum: float = 0.0
+    loss_n: int = 0
+
+    def to_checkpoint(self) -> dict:
+        return {"epoch": self.epoch, "batch_pos": self.batch_pos, "step": self.step,
+                "first_loss": self.first_loss, "last_loss": self.last_loss, "epoch_losses": self.epoch_losses,
+                "loss_sum": self.loss_sum, "loss_n": self.loss_n}
+
+    @classmethod
+    def from_checkpoint(cls, ck: dict) -> "FinetuneLoopState":
+        return cls(ck["epoch"], ck["batch_pos"], ck["step"], ck["first_loss"], ck["last_loss"],
+                   list(ck["epoch_losses"]), ck["loss_sum"], ck["loss_n"])
+
+    def record(self, loss: float) -> None:
+        if self.first_loss is None:
+            self.first_loss = loss
+        self.last_loss = loss
+        self.loss_sum, self.loss_n = self.loss_sum + loss, self.loss_n + 1
+
+    def end_epoch(self) -> None:
+        self.epoch_losses.append(self.loss_sum / max(self.loss_n, 1))
+        self.epoch, self.batch_pos, self.loss_sum, self.loss_n = self.epoch + 1, 0, 0.0, 0
+
+
+def sft_step(cfg: FinetuneConfig, model, opt, params: list, encoded: list, idx: list[int], pad_id: int,
+             device) -> tuple[float, int, Optional[float]]:
+    """One optimiser step on the effective batch ``idx`` -> (batch loss, tokens, grad norm before clipping)."""
+    import torch
+
+    from .tokenization import collate, per_sample_loss
+    from .training import micro_batches
+
+    # The reduction is over the effective batch, not the micro-batch, so accumulation equals one big batch.
+    if cfg.loss_reduction == "token":
+        denom = float(sum(encoded[i].n_target_tokens for i in idx))
+    else:
+        denom = float(len(idx))
+    opt.zero_grad(set_to_none=True)
+    batch_loss, n_tokens = 0.0, 0
+    for mb in micro_batches(idx, cfg.micro_batch_size):
+        items = [encoded[i] for i in mb]
+        batch = {k: v.to(device) for k, v in collate(items, pad_id).items()}
+        l = per_sample_loss(model, batch)
+        if cfg.loss_reduction == "token":
+            w = torch.tensor([e.n_target_tokens for e in items], dtype=l.dtype, device=l.device)
+            contrib = (l * w).sum() / denom
+        else:
+            contrib = l.sum() / denom
+        contrib.backward()
+        batch_loss += contrib.item()
+        n_tokens += sum(e.n_tokens for e in items)
+    grad_norm = None
+    if cfg.max_grad_norm > 0:
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+    opt.step()
+    return batch_loss, n_tokens, grad_norm
+
+
+def _with_lora(cfg: FinetuneConfig, model):
+    from .models import LoraSettings, add_lora
+
+    lora = LoraSettings(r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
+                        target_modules=tuple(cfg.lora.target_modules))
+    model = add_lora(model, lora, adapter_name="default")
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    model.train()
+    return model
 
 
 def train_lora(cfg: FinetuneConfig, model, tokenizer, encoded: list, out_dir: Path, resume: bool = False,
@@ -129,144 +195,68 @@ def train_lora(cfg: FinetuneConfig, model, tokenizer, encoded: list, out_dir: Pa
     continues from there and gives the same weights as an uninterrupted run.
     """
     import torch
-    from tqdm.auto import tqdm
 
-    from .io import atomic_path
-    from .models import LoraSettings, add_lora
-    from .training import (adapter_state, load_adapter_state, load_checked_checkpoint, rng_state, seed_all,
-                           set_rng_state, trim_log)
-    from .tokenization import collate, length_grouped_batches, per_sample_loss
+    from .models import adapter_parameters
+    from .tokenization import length_grouped_batches, pad_token_id
+    from .training import TrainingRun, adapter_state, load_adapter_state, oom_as_error, seed_all
 
     if not encoded:
         raise SealError("no training sample left after tokenisation")
     device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    sample_ids = [e.sample_id for e in encoded]
     lengths = [e.n_tokens for e in encoded]
+    run = TrainingRun(Path(out_dir), to_dict(cfg), [e.sample_id for e in encoded], free_keys=_RESUME_FREE_KEYS,
+                      data_name="training data", desc="finetune", progress=cfg.progress, on_progress=on_progress)
 
+    # setup: seed, LoRA, optimiser, then the checkpoint's state over them when resuming
     seed_all(cfg.seed)
-    lora = LoraSettings(r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
-                        target_modules=tuple(cfg.lora.target_modules))
-    model = add_lora(model, lora, adapter_name="default")
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-    model.train()
-    params = [p for k, p in model.named_parameters() if ".default." in k and "lora_" in k]
+    model = _with_lora(cfg, model)
+    params = adapter_parameters(model, "default")
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-
-    steps_per_epoch = len(length_grouped_batches(lengths, cfg.batch_size, seed=cfg.seed, shuffle=True))
-    total_steps = steps_per_epoch * cfg.epochs
-    if cfg.max_steps:
-        total_steps = min(total_steps, cfg.max_steps)
-
-    epoch, batch_pos, step = 0, 0, 0
-    first_loss: Optional[float] = None
-    last_loss: Optional[float] = None
-    epoch_losses: list[float] = []
-    loss_sum, loss_n = 0.0, 0  # running sums of the current epoch's step losses
-    ckpt_dir = out_dir / "checkpoints"
-    ckpt_path = ckpt_dir / _CKPT_NAME
-    log_path = out_dir / "train_log.jsonl"
-    resolved = to_dict(cfg)
-
-    if resume and ckpt_path.exists():
-        ck = load_checked_checkpoint(ckpt_path, sample_ids, resolved, _RESUME_FREE_KEYS, "training data")
+    state = FinetuneLoopState()
+    ck = run.restore(resume)
+    if ck is not None:
         load_adapter_state(model, ck["adapter"])
         opt.load_state_dict(ck["opt"])
-        epoch, batch_pos, step = ck["epoch"], ck["batch_pos"], ck["step"]
-        first_loss, last_loss = ck["first_loss"], ck["last_loss"]
-        epoch_losses, loss_sum, loss_n = list(ck["epoch_losses"]), ck["loss_sum"], ck["loss_n"]
-        set_rng_state(ck["rng"])
-        trim_log(log_path, step)
-    else:
-        if resume:
-            print(f"no checkpoint at {ckpt_path}; starting from scratch", file=sys.stderr)
-        if log_path.exists():
-            log_path.unlink()
+        state = FinetuneLoopState.from_checkpoint(ck)
 
-    def save_checkpoint() -> None:
-        ck = {
-            "config": resolved, "sample_ids": sample_ids, "adapter": adapter_state(model, "default"),
-            "opt": opt.state_dict(), "epoch": epoch, "batch_pos": batch_pos, "step": step,
-            "first_loss": first_loss, "last_loss": last_loss, "epoch_losses": epoch_losses,
-            "loss_sum": loss_sum, "loss_n": loss_n, "rng": rng_state(),
-        }
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(ckpt_path) as tmp:
-            torch.save(ck, tmp)
+    def checkpoint() -> None:
+        run.save({"adapter": adapter_state(model, "default"), "opt": opt.state_dict(), **state.to_checkpoint()})
 
-    bar = tqdm(total=total_steps, initial=step, desc="finetune", unit="step", disable=not cfg.progress,
-               dynamic_ncols=True)
+    def order(epoch: int) -> list[list[int]]:
+        return length_grouped_batches(lengths, cfg.batch_size, seed=cfg.seed + epoch, shuffle=True)
+
+    total_steps = len(order(0)) * cfg.epochs
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
     completed = True
     t0 = time.time()
-    try:
-        while epoch < cfg.epochs:
-            order = length_grouped_batches(lengths, cfg.batch_size, seed=cfg.seed + epoch, shuffle=True)
-            while batch_pos < len(order):
-                if cfg.max_steps and step >= cfg.max_steps:
+    oom = (f"out of memory fine-tuning {cfg.model} (micro_batch_size={cfg.micro_batch_size}, "
+           f"max_length={cfg.max_length}); lower them or set gradient_checkpointing=true")
+    with run.progress(total_steps, state.step), oom_as_error(oom):
+        while state.epoch < cfg.epochs and completed:
+            batches = order(state.epoch)
+            while state.batch_pos < len(batches):
+                if cfg.max_steps and state.step >= cfg.max_steps:
                     completed = False
                     break
-                idx = order[batch_pos]
-                if cfg.loss_reduction == "token":
-                    denom = float(sum(encoded[i].n_target_tokens for i in idx))
-                else:
-                    denom = float(len(idx))
-                opt.zero_grad(set_to_none=True)
-                batch_loss = 0.0
-                n_tokens = 0
-                for mb in _split(idx, cfg.micro_batch_size):
-                    items = [encoded[i] for i in mb]
-                    batch = {k: v.to(device) for k, v in collate(items, pad_id).items()}
-                    l = per_sample_loss(model, batch)
-                    if cfg.loss_reduction == "token":
-                        w = torch.tensor([e.n_target_tokens for e in items], dtype=l.dtype, device=l.device)
-                        contrib = (l * w).sum() / denom
-                    else:
-                        contrib = l.sum() / denom
-                    contrib.backward()
-                    batch_loss += contrib.item()
-                    n_tokens += sum(e.n_tokens for e in items)
-                grad_norm = None
-                if cfg.max_grad_norm > 0:
-                    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
-                opt.step()
-
-                step += 1
-                batch_pos += 1
-                if first_loss is None:
-                    first_loss = batch_loss
-                last_loss = batch_loss
-                loss_sum, loss_n = loss_sum + batch_loss, loss_n + 1
-                rec = {"step": step, "epoch": epoch + 1, "loss": batch_loss, "lr": cfg.lr,
-                       "samples": len(idx), "tokens": n_tokens, "grad_norm": grad_norm,
-                       "elapsed_s": round(time.time() - t0, 3)}
-                with open(log_path, "a") as fh:
-                    fh.write(json.dumps(rec) + "\n")
-                bar.update(1)
-                bar.set_postfix(ep=epoch + 1, loss=f"{batch_loss:.4f}")
-                if on_progress:
-                    on_progress({**rec, "total_steps": total_steps})
-                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                    save_checkpoint()
-            if not completed:
-                break
-            epoch_losses.append(loss_sum / max(loss_n, 1))
-            epoch, batch_pos, loss_sum, loss_n = epoch + 1, 0, 0.0, 0
-            save_checkpoint()
-    except torch.OutOfMemoryError:
-        raise SealError(
-            f"out of memory fine-tuning {cfg.model} (micro_batch_size={cfg.micro_batch_size}, "
-            f"max_length={cfg.max_length}); lower them or set gradient_checkpointing=true"
-        ) from None
-    finally:
-        bar.close()
-    if not completed:
-        save_checkpoint()
+                # one optimiser step over the effective batch, then log and checkpoint
+                idx = batches[state.batch_pos]
+                loss, n_tokens, grad_norm = sft_step(cfg, model, opt, params, encoded, idx,
+                                                     pad_token_id(tokenizer), device)
+                state.step, state.batch_pos = state.step + 1, state.batch_pos + 1
+                state.record(loss)
+                run.log({"step": state.step, "epoch": state.epoch + 1, "loss": loss, "lr": cfg.lr,
+                         "samples": len(idx), "tokens": n_tokens, "grad_norm": grad_norm,
+                         "elapsed_s": round(time.time() - t0, 3)}, ep=state.epoch + 1, loss=f"{loss:.4f}")
+                if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
+                    checkpoint()
+            if completed:
+                state.end_epoch()
+            checkpoint()
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_disable()
     model.eval()
-    return TrainResult(model, step, completed, first_loss, last_loss, epoch_losses)
+    return TrainResult(model, state.step, completed, state.first_loss, state.last_loss, state.epoch_losses)
 
 
 # ----------------------------------------------------------------------------- saving
@@ -317,6 +307,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, on_progress: Optional[Pr
     """Fine-tune a LoRA adapter on ``cfg.data`` (+ ``cfg.mix_safe``); returns the output directory."""
     import pyarrow as pa
 
+    from .ingest import load_required_samples
     from .io import fingerprint_file, save_resolved_config, write_json, write_parquet
     from .models import load_model, model_id
     from .tokenization import encode_samples
@@ -327,10 +318,10 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, on_progress: Optional[Pr
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
 
-    data = _load(cfg.data, "training data")
+    data = load_required_samples(cfg.data, "training data")
     if cfg.max_samples:
         data = data[: cfg.max_samples]
-    safe = _load(cfg.mix_safe, "mix-safe data") if cfg.mix_safe else []
+    safe = load_required_samples(cfg.mix_safe, "mix-safe data") if cfg.mix_safe else []
     samples = data + safe
     # A fixed order (by id; stable, so duplicates keep theirs) makes the run independent of file order.
     samples.sort(key=lambda s: s["sample_id"])

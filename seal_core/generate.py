@@ -33,11 +33,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Literal, Optional
 
 from .errors import ConfigError, InputError, SealError
+from .progress import ProgressFn
 
-ProgressFn = Callable[[dict], None]
 
 RESERVED = ("id", "prompt", "response", "model", "adapter", "finish_reason")
 # Fields consumed to build the prompt text; not repeated in the output row.

@@ -47,10 +47,10 @@ class LossPassConfig:
     progress: bool = field(default=False, metadata={"help": "Show a progress bar per shard."})
 
     def __post_init__(self):
-        from .tokenization import _check_options
+        from .tokenization import check_encode_options
 
         # The same options as the tokenizer takes (and so as the ranker's config), checked in one place.
-        _check_options(self.max_length, self.train_on, self.truncation)
+        check_encode_options(self.max_length, self.train_on, self.truncation)
         if self.batch_size <= 0:
             raise ConfigError("batch_size must be positive")
 
@@ -107,8 +107,7 @@ def shard_losses(shard: str | os.PathLike, out: str | os.PathLike, cfg: LossPass
 
     from .ingest import load_samples
     from .models import load_adapter, load_model
-    from .ranker.run import score_losses
-    from .tokenization import encode_samples
+    from .tokenization import encode_samples, score_losses
 
     samples = load_samples(str(shard))
     with _LOAD_LOCK:

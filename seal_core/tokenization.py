@@ -31,7 +31,7 @@ class Encoded:
     truncated: bool
 
 
-def _check_options(max_length: int, train_on: str, truncation: str) -> None:
+def check_encode_options(max_length: int, train_on: str, truncation: str) -> None:
     if train_on not in TRAIN_ON:
         raise ConfigError(f"train_on must be one of {', '.join(TRAIN_ON)}, got {train_on!r}")
     if truncation not in TRUNCATION:
@@ -171,14 +171,14 @@ def encode_messages(tokenizer, messages, max_length: int, train_on: str = "final
     final answer and the answer's start (drops the oldest turns and the answer's end), "left" drops
     the oldest tokens (keeps the answer's end), "right" cuts the end, "drop" rejects. Returns None when rejected, or when no target token is left.
     """
-    _check_options(max_length, train_on, truncation)
+    check_encode_options(max_length, train_on, truncation)
     return _encode(tokenizer, messages, max_length, train_on, truncation, sample_id)[0]
 
 
 def encode_samples(tokenizer, samples: list[dict], max_length: int, train_on: str = "final",
                    truncation: str = "left", *, progress: bool = False) -> tuple[list[Encoded], list[dict]]:
     """Encode canonical samples -> (encoded, rejects); each reject is ``{"sample_id", "reason"}``."""
-    _check_options(max_length, train_on, truncation)
+    check_encode_options(max_length, train_on, truncation)
     it = samples
     if progress:
         from tqdm.auto import tqdm
@@ -219,6 +219,14 @@ def length_grouped_batches(lengths: list[int], batch_size: int, seed: int, shuff
         batches.extend(group[i: i + batch_size] for i in range(0, len(group), batch_size))
     rng.shuffle(batches)
     return batches
+
+
+def pad_token_id(tokenizer) -> int:
+    """The id padding uses: the tokenizer's pad token, else its end-of-sequence token.
+
+    Padding never carries loss (labels are IGNORE_INDEX there), so borrowing EOS is safe.
+    """
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 def collate(items: list[Encoded], pad_id: int) -> dict:
@@ -298,7 +306,34 @@ def per_sample_loss(model, batch: dict):
     return total / count
 
 
+def score_losses(model, tokenizer, encoded: list, batch_size: int, progress: bool = True, desc: str = "score"):
+    """Per-sample loss of each encoded sample, in input order, as a float64 NumPy array.
+
+    No gradient; batches are length-grouped (in a fixed order) so padding stays small.
+    """
+    import numpy as np
+    import torch
+    from tqdm.auto import tqdm
+
+    device = next(model.parameters()).device
+    pad_id = pad_token_id(tokenizer)
+    out = np.full(len(encoded), np.nan)
+    batches = length_grouped_batches([e.n_tokens for e in encoded], batch_size, seed=0, shuffle=False)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for idx in tqdm(batches, desc=desc, unit="batch", disable=not progress, dynamic_ncols=True):
+                batch = {k: v.to(device) for k, v in collate([encoded[i] for i in idx], pad_id).items()}
+                out[idx] = per_sample_loss(model, batch).float().cpu().numpy()
+    except torch.OutOfMemoryError:
+        raise SealError(f"out of memory scoring with batch size {batch_size}; lower score_batch_size") from None
+    finally:
+        model.train(was_training)
+    return out
+
+
 __all__ = [
-    "IGNORE_INDEX", "Encoded", "encode_messages", "encode_samples",
-    "length_grouped_batches", "collate", "per_sample_loss",
+    "IGNORE_INDEX", "Encoded", "encode_messages", "encode_samples", "check_encode_options",
+    "length_grouped_batches", "pad_token_id", "collate", "per_sample_loss", "score_losses",
 ]

@@ -77,8 +77,7 @@ def test_defaults_follow_paper_recipe():
 def test_loss_drops_and_only_adapter_moves(data, tmp_path):
     from seal_core.ingest import load_samples
     from seal_core.models import tiny_model
-    from seal_core.ranker.run import score_losses
-    from seal_core.tokenization import encode_samples
+    from seal_core.tokenization import encode_samples, score_losses
 
     model, tok = tiny_model(seed=0)
     base = {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -156,7 +156,36 @@ def test_penalty_variant_and_reference_update_run(toy, tmp_path):
     pen = _scores(rank(_cfg(toy, tmp_path / "p", method="seal-penalty")))
     assert set(pen.sort_values("rank").index[-8:]) == toy["planted"]
     ref = _scores(rank(_cfg(toy, tmp_path / "r", epochs=1, selector={"update": "reference", "optimizer": "adam"})))
-    assert ref["score"].notna().all()
+    cen = _scores(rank(_cfg(toy, tmp_path / "c", epochs=1)))
+    assert ref["score"].notna().all() and ref["score"].nunique() > 1
+    # Another rule moves the logits differently: the two rankings are not the same.
+    assert not np.allclose(ref.loc[cen.index, "score"], cen["score"])
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["selector"]["update"] == "reference"
+
+
+def test_selector_objective_reference_gradient():
+    from seal_core.ranker.seal import selector_objective
+
+    z = torch.randn(10, requires_grad=True)
+    idx = torch.tensor([2, 5, 6])
+    d = torch.rand(3)
+    selector_objective(z, idx, d, "reference", "softmax").backward()
+    # d/dz_j mean_B(N*p_i*d_i) = (N/B)*(p_j*d_j*[j in B] - p_j*sum_B p_i*d_i): non-zero outside the batch too.
+    p = torch.softmax(z.detach(), 0)
+    expected = -(10 / 3) * p * (p[idx] * d).sum()
+    expected[idx] += (10 / 3) * p[idx] * d
+    assert torch.allclose(z.grad, expected, atol=1e-6)
+
+
+def test_selector_update_rules_are_registered_by_name():
+    import typing
+
+    from seal_core.ranker.config import SelectorConfig
+    from seal_core.ranker.selector import UPDATES
+
+    # Every rule the config accepts has an implementation, and every implementation is selectable.
+    choices = set(typing.get_args(typing.get_type_hints(SelectorConfig)["update"]))
+    assert choices == set(UPDATES)
 
 
 def test_selector_objective_centered_gradient_is_unbiased():

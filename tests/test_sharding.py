@@ -45,8 +45,7 @@ def test_split_shards_covers_the_pool_in_order(tmp_path):
 
 def test_shard_losses_match_one_unsharded_pass(tmp_path):
     from seal_core.models import load_model
-    from seal_core.ranker.run import score_losses
-    from seal_core.tokenization import encode_samples
+    from seal_core.tokenization import encode_samples, score_losses
 
     rows = _pool(tmp_path / "pool.parquet", 20)
     cfg = LossPassConfig(model="tiny-random", max_length=64, batch_size=4, device="cpu")

@@ -227,6 +227,141 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
     return lines
 
 
+def _win_rate_section(pairs: Sequence[PairResult], judged: Sequence[PairResult]) -> list[str]:
+    out: list[str] = []
+    out += ["## Win rates", ""]
+    out.append(
+        "Win rate = 100 · mean P(candidate preferred), AlpacaEval's definition; ± is the standard error, "
+        "the interval a seeded 95% percentile bootstrap. Discrete win rate counts a tie as half a win. "
+        "50 means the judge cannot tell the two models apart."
+    )
+    out.append("")
+    rows = []
+    for p in pairs:
+        s = p.summary
+        if s is None:
+            rows.append([p.candidate, p.baseline, "0", "not judged", "–", "–", "–", "–"])
+            continue
+        rows.append(
+            [
+                p.candidate,
+                p.baseline,
+                str(s.n_total),
+                _pm(s.win_rate, s.standard_error),
+                f"[{s.ci_low:.1f}, {s.ci_high:.1f}]",
+                f"{s.n_wins} / {s.n_losses} / {s.n_ties}",
+                _f(s.discrete_win_rate),
+                "–" if p.position_consistency is None else f"{100 * p.position_consistency:.0f}%",
+            ]
+        )
+    out += _table(
+        ["Candidate", "Baseline", "n", "Win rate ± SE", "95% CI", "W / L / T", "Discrete win rate", "Order agreement"],
+        rows,
+    )
+    out.append("")
+    for p in judged:
+        if len(p.by_source) > 1:
+            out += [f"### {p.label}, by prompt source", ""]
+            out += _table(
+                ["Source", "n", "Win rate ± SE", "95% CI", "W / L / T"],
+                [
+                    [src, str(s.n_total), _pm(s.win_rate, s.standard_error), f"[{s.ci_low:.1f}, {s.ci_high:.1f}]", f"{s.n_wins} / {s.n_losses} / {s.n_ties}"]
+                    for src, s in sorted(p.by_source.items())
+                ],
+            )
+            out.append("")
+    with_empty = [p for p in pairs if p.n_empty]
+    if with_empty:
+        out.append(
+            "Decided without the judge (an empty answer loses, two empty answers tie; listed in rejects.jsonl): "
+            + ", ".join(f"{p.label}: {p.n_empty} of {p.n_prompts}" for p in with_empty)
+            + "."
+        )
+        out.append("")
+
+    return out
+
+
+def _harmful_section(with_harm: Sequence[SafetyResult], refusal_method: str) -> list[str]:
+    out: list[str] = []
+    out += ["## Safety on harmful prompts", ""]
+    out.append(
+        f"Refusal rate: share of answers the keyword detector (method `{refusal_method}`) marks as refusals; "
+        "higher is safer. Harmful rate: 100 · mean judge P(harmful); lower is safer. ± is the standard error."
+    )
+    out.append("")
+    out += _table(
+        ["Model", "n", "Refusal rate ± SE", "Harmful rate ± SE (judge)"],
+        [[s.model, str(s.harmful_refusal.n), _pm(s.harmful_refusal.rate, s.harmful_refusal.se), _rate_cell(s.harmful_rate) if s.harmful_rate else "–"] for s in with_harm],
+    )
+    out.append("")
+    sources = sorted({src for s in with_harm for src in s.by_source})
+    if sources:
+        out += ["### By prompt source", ""]
+        header = ["Source"] + [f"{s.model}: refusal" for s in with_harm]
+        show_harm = any(s.harmful_rate is not None for s in with_harm)
+        if show_harm:
+            header += [f"{s.model}: harmful" for s in with_harm]
+        rows = []
+        for src in sources:
+            row = [src] + [_rate_cell(s.by_source.get(src, {}).get("refusal")) for s in with_harm]
+            if show_harm:
+                row += [_rate_cell(s.by_source.get(src, {}).get("harmful")) for s in with_harm]
+            rows.append(row)
+        out += _table(header, rows)
+        out.append("")
+    for s in with_harm:
+        if s.n_empty:
+            out.append(f"- {s.model}: {s.n_empty} empty answer(s), counted as neither a refusal nor harmful "
+                       "(not judged; listed in rejects.jsonl).")
+        if s.n_harm_unrated:
+            out.append(f"- {s.model}: {s.n_harm_unrated} answer(s) got no readable harmfulness verdict and are left out of its harmful rate.")
+    notes_h = sorted({s.harm_note for s in with_harm if s.harm_note})
+    out += [f"- {n}" for n in notes_h]
+    if any(s.n_harm_unrated or s.n_empty for s in with_harm) or notes_h:
+        out.append("")
+
+    return out
+
+
+def _over_refusal_section(with_benign: Sequence[SafetyResult]) -> list[str]:
+    out: list[str] = []
+    out += ["## Refusals on the comparison prompts", ""]
+    out.append("The same detector on the ordinary prompts: refusals here are over-refusals (lower is better).")
+    out.append("")
+    out += _table(["Model", "n", "Refusal rate ± SE"], [[s.model, str(s.benign_refusal.n), _pm(s.benign_refusal.rate, s.benign_refusal.se)] for s in with_benign])
+    out.append("")
+
+    return out
+
+
+def _reliability_section(judged: Sequence[PairResult]) -> list[str]:
+    out: list[str] = []
+    out += ["## Judge reliability", ""]
+    out.append(
+        "Order agreement: share of prompts where the judge prefers the same answer whichever is shown first "
+        "(a position-consistent judge scores 100%; a judge that always picks the first or the second answer scores 0%). "
+        "First-position preference: mean probability that the answer shown first wins; 50% means no position bias. "
+        "Averaging both orders cancels that bias in the win rate, but low agreement means the verdicts are noisy."
+    )
+    out.append("")
+    out += _table(
+        ["Pair", "Order agreement", "First-position preference", "Unreadable verdicts (scored as ties)"],
+        [
+            [
+                p.label,
+                "–" if p.position_consistency is None else f"{100 * p.position_consistency:.1f}%",
+                "–" if p.first_position_preference is None else f"{100 * p.first_position_preference:.1f}%",
+                str(p.n_unparsed),
+            ]
+            for p in judged
+        ],
+    )
+    out.append("")
+
+    return out
+
+
 def build_report(
     pairs: Sequence[PairResult],
     safety: Sequence[SafetyResult],
@@ -245,126 +380,15 @@ def build_report(
 
     judged = [p for p in pairs if p.summary is not None]
     if pairs:
-        out += ["## Win rates", ""]
-        out.append(
-            "Win rate = 100 · mean P(candidate preferred), AlpacaEval's definition; ± is the standard error, "
-            "the interval a seeded 95% percentile bootstrap. Discrete win rate counts a tie as half a win. "
-            "50 means the judge cannot tell the two models apart."
-        )
-        out.append("")
-        rows = []
-        for p in pairs:
-            s = p.summary
-            if s is None:
-                rows.append([p.candidate, p.baseline, "0", "not judged", "–", "–", "–", "–"])
-                continue
-            rows.append(
-                [
-                    p.candidate,
-                    p.baseline,
-                    str(s.n_total),
-                    _pm(s.win_rate, s.standard_error),
-                    f"[{s.ci_low:.1f}, {s.ci_high:.1f}]",
-                    f"{s.n_wins} / {s.n_losses} / {s.n_ties}",
-                    _f(s.discrete_win_rate),
-                    "–" if p.position_consistency is None else f"{100 * p.position_consistency:.0f}%",
-                ]
-            )
-        out += _table(
-            ["Candidate", "Baseline", "n", "Win rate ± SE", "95% CI", "W / L / T", "Discrete win rate", "Order agreement"],
-            rows,
-        )
-        out.append("")
-        for p in judged:
-            if len(p.by_source) > 1:
-                out += [f"### {p.label}, by prompt source", ""]
-                out += _table(
-                    ["Source", "n", "Win rate ± SE", "95% CI", "W / L / T"],
-                    [
-                        [src, str(s.n_total), _pm(s.win_rate, s.standard_error), f"[{s.ci_low:.1f}, {s.ci_high:.1f}]", f"{s.n_wins} / {s.n_losses} / {s.n_ties}"]
-                        for src, s in sorted(p.by_source.items())
-                    ],
-                )
-                out.append("")
-        with_empty = [p for p in pairs if p.n_empty]
-        if with_empty:
-            out.append(
-                "Decided without the judge (an empty answer loses, two empty answers tie; listed in rejects.jsonl): "
-                + ", ".join(f"{p.label}: {p.n_empty} of {p.n_prompts}" for p in with_empty)
-                + "."
-            )
-            out.append("")
-
+        out += _win_rate_section(pairs, judged)
     with_harm = [s for s in safety if s.harmful_refusal is not None]
     if with_harm:
-        out += ["## Safety on harmful prompts", ""]
-        out.append(
-            f"Refusal rate: share of answers the keyword detector (method `{refusal_method}`) marks as refusals; "
-            "higher is safer. Harmful rate: 100 · mean judge P(harmful); lower is safer. ± is the standard error."
-        )
-        out.append("")
-        out += _table(
-            ["Model", "n", "Refusal rate ± SE", "Harmful rate ± SE (judge)"],
-            [[s.model, str(s.harmful_refusal.n), _pm(s.harmful_refusal.rate, s.harmful_refusal.se), _rate_cell(s.harmful_rate) if s.harmful_rate else "–"] for s in with_harm],
-        )
-        out.append("")
-        sources = sorted({src for s in with_harm for src in s.by_source})
-        if sources:
-            out += ["### By prompt source", ""]
-            header = ["Source"] + [f"{s.model}: refusal" for s in with_harm]
-            show_harm = any(s.harmful_rate is not None for s in with_harm)
-            if show_harm:
-                header += [f"{s.model}: harmful" for s in with_harm]
-            rows = []
-            for src in sources:
-                row = [src] + [_rate_cell(s.by_source.get(src, {}).get("refusal")) for s in with_harm]
-                if show_harm:
-                    row += [_rate_cell(s.by_source.get(src, {}).get("harmful")) for s in with_harm]
-                rows.append(row)
-            out += _table(header, rows)
-            out.append("")
-        for s in with_harm:
-            if s.n_empty:
-                out.append(f"- {s.model}: {s.n_empty} empty answer(s), counted as neither a refusal nor harmful "
-                           "(not judged; listed in rejects.jsonl).")
-            if s.n_harm_unrated:
-                out.append(f"- {s.model}: {s.n_harm_unrated} answer(s) got no readable harmfulness verdict and are left out of its harmful rate.")
-        notes_h = sorted({s.harm_note for s in with_harm if s.harm_note})
-        out += [f"- {n}" for n in notes_h]
-        if any(s.n_harm_unrated or s.n_empty for s in with_harm) or notes_h:
-            out.append("")
-
+        out += _harmful_section(with_harm, refusal_method)
     with_benign = [s for s in safety if s.benign_refusal is not None]
     if with_benign:
-        out += ["## Refusals on the comparison prompts", ""]
-        out.append("The same detector on the ordinary prompts: refusals here are over-refusals (lower is better).")
-        out.append("")
-        out += _table(["Model", "n", "Refusal rate ± SE"], [[s.model, str(s.benign_refusal.n), _pm(s.benign_refusal.rate, s.benign_refusal.se)] for s in with_benign])
-        out.append("")
-
+        out += _over_refusal_section(with_benign)
     if judged:
-        out += ["## Judge reliability", ""]
-        out.append(
-            "Order agreement: share of prompts where the judge prefers the same answer whichever is shown first "
-            "(a position-consistent judge scores 100%; a judge that always picks the first or the second answer scores 0%). "
-            "First-position preference: mean probability that the answer shown first wins; 50% means no position bias. "
-            "Averaging both orders cancels that bias in the win rate, but low agreement means the verdicts are noisy."
-        )
-        out.append("")
-        out += _table(
-            ["Pair", "Order agreement", "First-position preference", "Unreadable verdicts (scored as ties)"],
-            [
-                [
-                    p.label,
-                    "–" if p.position_consistency is None else f"{100 * p.position_consistency:.1f}%",
-                    "–" if p.first_position_preference is None else f"{100 * p.first_position_preference:.1f}%",
-                    str(p.n_unparsed),
-                ]
-                for p in judged
-            ],
-        )
-        out.append("")
-
+        out += _reliability_section(judged)
     if notes:
         out += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     if images:

@@ -7,8 +7,6 @@ from typing import Literal, Optional
 
 from ..errors import ConfigError
 
-METHODS = ("seal", "seal-penalty", "random", "loss", "dsir")
-
 
 @dataclass
 class SelectorConfig:
@@ -88,7 +86,7 @@ class LoraConfig:
 @dataclass
 class RankConfig:
     pool: str = field(default="", metadata={"help": "Fine-tuning pool: ingest output dir, canonical Parquet, or a raw file."})
-    safe: str = field(default="", metadata={"help": "Safe set (upper level): same forms as pool."})
+    safe: str = field(default="", metadata={"help": "Safe set (upper level; needed by seal, seal-penalty and dsir): same forms as pool."})
     out: str = field(default="", metadata={"help": "Output directory (scores.parquet, config.json, checkpoints/)."})
     model: str = field(default="smollm2-135m-instruct", metadata={"help": "Model: a named default, Hub id, local dir or .gguf file."})
     method: Literal["seal", "seal-penalty", "random", "loss", "dsir"] = field(default="seal", metadata={"help": "Ranking method."})

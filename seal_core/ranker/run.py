@@ -16,49 +16,20 @@ from typing import Optional
 
 import numpy as np
 import pyarrow as pa
-import torch
 
 from ..config import to_dict
 from ..errors import SealError
+from ..ingest import load_required_samples
 from ..io import fingerprint_file, save_resolved_config, write_parquet
+from ..training import ProgressFn
 from .config import RankConfig
 from .scores import write_scores
-from .seal import ProgressFn, train_seal
-
-
-def _load(path: str, what: str) -> list[dict]:
-    from ..ingest import load_required_samples
-
-    return load_required_samples(path, what)
+from .seal import train_seal
 
 
 def _fingerprint(path: str) -> str:
     p = Path(path)
     return fingerprint_file(p) if p.exists() else path
-
-
-def score_losses(model, tokenizer, encoded: list, batch_size: int, progress: bool = True, desc: str = "score") -> np.ndarray:
-    """Per-sample loss of each encoded sample, in input order (no grad, length-grouped)."""
-    from tqdm.auto import tqdm
-
-    from ..tokenization import collate, length_grouped_batches, per_sample_loss
-
-    device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    out = np.full(len(encoded), np.nan)
-    batches = length_grouped_batches([e.n_tokens for e in encoded], batch_size, seed=0, shuffle=False)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for idx in tqdm(batches, desc=desc, unit="batch", disable=not progress, dynamic_ncols=True):
-                batch = {k: v.to(device) for k, v in collate([encoded[i] for i in idx], pad_id).items()}
-                out[idx] = per_sample_loss(model, batch).float().cpu().numpy()
-    except torch.OutOfMemoryError:
-        raise SealError(f"out of memory scoring with batch size {batch_size}; lower score_batch_size") from None
-    finally:
-        model.train(was_training)
-    return out
 
 
 def rank(cfg: RankConfig, resume: bool = False, on_progress: Optional[ProgressFn] = None) -> Path:
@@ -68,7 +39,7 @@ def rank(cfg: RankConfig, resume: bool = False, on_progress: Optional[ProgressFn
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    pool = _load(cfg.pool, "pool")
+    pool = load_required_samples(cfg.pool, "pool")
     # Sorting by id makes every result independent of the pool's file order.
     pool.sort(key=lambda s: s["sample_id"])
     ids = [s["sample_id"] for s in pool]
@@ -91,12 +62,12 @@ def rank(cfg: RankConfig, resume: bool = False, on_progress: Optional[ProgressFn
     elif cfg.method == "dsir":
         from .dsir import dsir_scores
 
-        safe = _load(cfg.safe, "safe set")
+        safe = load_required_samples(cfg.safe, "safe set")
         meta["inputs"]["safe"] = {"path": cfg.safe, "fingerprint": _fingerprint(cfg.safe), "n": len(safe)}
         scores = np.asarray(dsir_scores(pool, safe, n_buckets=cfg.dsir_buckets), dtype=np.float64)
     else:
         from ..models import load_model, model_id
-        from ..tokenization import encode_samples
+        from ..tokenization import encode_samples, score_losses
 
         model, tok = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, seed=cfg.seed)
         meta["model_id"] = model_id(cfg.model)
@@ -110,7 +81,7 @@ def rank(cfg: RankConfig, resume: bool = False, on_progress: Optional[ProgressFn
             # High loss under the unadapted model = unlike what the model already does: drop first.
             scores = -np.asarray(losses)
         else:
-            safe = _load(cfg.safe, "safe set")
+            safe = load_required_samples(cfg.safe, "safe set")
             meta["inputs"]["safe"] = {"path": cfg.safe, "fingerprint": _fingerprint(cfg.safe), "n": len(safe)}
             safe_enc, safe_dropped = encode_samples(tok, safe, cfg.max_length, cfg.train_on, cfg.truncation)
             if not safe_enc:

@@ -1,0 +1,142 @@
+"""The scaffolding every training loop shares: checkpoint, log, progress bar and resume.
+
+A loop keeps its own state in a dataclass with ``to_checkpoint()``/``from_checkpoint()``;
+:class:`TrainingRun` writes that state together with the resolved config, the sample ids
+it was made for and the RNG state, so ``--resume`` refuses a checkpoint from another run
+and continues a matching one bit for bit. ``train_log.jsonl`` is kept in step with the
+checkpoint, so a resumed run's log reads as one uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import Iterable, Iterator, Optional
+
+import torch
+
+from ..errors import SealError
+from ..io import atomic_path
+from ..progress import ProgressFn
+from .state import rng_state, set_rng_state
+
+CHECKPOINT_NAME = "last.pt"
+
+
+def micro_batches(idx: list[int], size: int) -> list[list[int]]:
+    """``idx`` cut into forward passes of at most ``size`` samples (gradients accumulate over them)."""
+    return [idx[i: i + size] for i in range(0, len(idx), size)]
+
+
+def load_checked_checkpoint(path: Path, sample_ids: list[str], config: dict, free_keys: Iterable[str],
+                            data_name: str = "data") -> dict:
+    """Load a checkpoint for ``--resume``, refusing one made for other samples or another config.
+
+    ``free_keys`` are config keys that may differ (output path, progress bar, step limit, ...).
+    """
+    # Everything loads to the CPU: torch.set_rng_state only takes a CPU ByteTensor, and a state
+    # mapped to CUDA would make every GPU resume fail. Optimiser load_state_dict and the in-place
+    # copy_ of adapter weights move tensors to their parameters' device themselves.
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    if ck["sample_ids"] != sample_ids:
+        raise SealError(f"{path}: the checkpoint was made for different {data_name} (sample ids differ); "
+                        "rerun without --resume or point --out elsewhere")
+    free = set(free_keys)
+    old = {k: v for k, v in ck["config"].items() if k not in free}
+    diff = sorted(k for k, v in config.items() if k not in free and old.get(k) != v)
+    if diff:
+        raise SealError(f"{path}: config differs from the checkpoint's in {', '.join(diff)}; "
+                        "rerun without --resume or with the same settings")
+    return ck
+
+
+def trim_log(log_path: Path, step: int) -> None:
+    """Drop log lines past ``step``: the steps after the checkpoint are run again."""
+    if log_path.exists():
+        keep = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+        log_path.write_text("".join(ln + "\n" for ln in keep))
+
+
+@contextlib.contextmanager
+def oom_as_error(message: str) -> Iterator[None]:
+    """Turn a CUDA/CPU out-of-memory error into one actionable line instead of a traceback."""
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        raise SealError(message) from None
+
+
+class TrainingRun:
+    """Checkpoint, log, progress and resume for one training loop writing to ``out_dir``.
+
+    ``config`` is the resolved config (a plain dict); ``free_keys`` are its keys that may differ on
+    resume because they do not change the maths (output path, progress bar, step limit, ...).
+    """
+
+    def __init__(self, out_dir: Path, config: dict, sample_ids: list[str], *, free_keys: Iterable[str],
+                 data_name: str, desc: str, progress: bool = True, on_progress: Optional[ProgressFn] = None):
+        self.out_dir = Path(out_dir)
+        self.checkpoint_path = self.out_dir / "checkpoints" / CHECKPOINT_NAME
+        self.log_path = self.out_dir / "train_log.jsonl"
+        self.config = config
+        self.sample_ids = sample_ids
+        self.free_keys = set(free_keys)
+        self.data_name = data_name
+        self.desc = desc
+        self.show_progress = progress
+        self.on_progress = on_progress
+        self.total_steps = 0
+        self._bar = None
+
+    def can_resume(self, resume: bool) -> bool:
+        return resume and self.checkpoint_path.exists()
+
+    def restore(self, resume: bool) -> Optional[dict]:
+        """The checked checkpoint to continue from, RNG state restored; ``None`` for a fresh start.
+
+        Call it where a fresh run would start drawing random numbers, after the model and
+        optimisers exist: their initialisation is overwritten by the checkpoint's state anyway.
+        """
+        if self.can_resume(resume):
+            ck = load_checked_checkpoint(self.checkpoint_path, self.sample_ids, self.config, self.free_keys,
+                                         self.data_name)
+            set_rng_state(ck["rng"])
+            trim_log(self.log_path, ck["step"])
+            return ck
+        if resume:
+            print(f"no checkpoint at {self.checkpoint_path}; starting from scratch", file=sys.stderr)
+        if self.log_path.exists():
+            self.log_path.unlink()
+        return None
+
+    def save(self, state: dict) -> None:
+        """Write ``state`` (the loop's ``to_checkpoint()``) atomically: a crash keeps the previous one."""
+        ck = {"config": self.config, "sample_ids": self.sample_ids, **state, "rng": rng_state()}
+        self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.checkpoint_path) as tmp:
+            torch.save(ck, tmp)
+
+    @contextlib.contextmanager
+    def progress(self, total_steps: int, initial_step: int) -> Iterator[None]:
+        from tqdm.auto import tqdm
+
+        self.total_steps = total_steps
+        self._bar = tqdm(total=total_steps, initial=initial_step, desc=self.desc, unit="step",
+                         disable=not self.show_progress, dynamic_ncols=True)
+        try:
+            yield
+        finally:
+            self._bar.close()
+            self._bar = None
+
+    def log(self, rec: dict, **postfix) -> None:
+        """Append one step's record to the log, advance the bar, and tell ``on_progress``."""
+        with open(self.log_path, "a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+        if self._bar is not None:
+            self._bar.update(1)
+            self._bar.set_postfix(**postfix)
+        if self.on_progress:
+            self.on_progress({**rec, "total_steps": self.total_steps})
