@@ -305,6 +305,15 @@ def save_merged(model, tokenizer, path: Path) -> Path:
 
 def finetune(cfg: FinetuneConfig, resume: bool = False, on_progress: Optional[ProgressFn] = None) -> Path:
     """Fine-tune a LoRA adapter on ``cfg.data`` (+ ``cfg.mix_safe``); returns the output directory."""
+    from .runlock import run_lock
+
+    if not cfg.out:
+        raise SealError("no output directory given (--out)")
+    with run_lock(cfg.out):
+        return _finetune(cfg, Path(cfg.out), resume, on_progress)
+
+
+def _finetune(cfg: FinetuneConfig, out: Path, resume: bool, on_progress: Optional[ProgressFn]) -> Path:
     import pyarrow as pa
 
     from .ingest import load_required_samples
@@ -312,10 +321,6 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, on_progress: Optional[Pr
     from .models import load_model, model_id
     from .tokenization import encode_samples
 
-    if not cfg.out:
-        raise SealError("no output directory given (--out)")
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
 
     data = load_required_samples(cfg.data, "training data")

@@ -364,17 +364,24 @@ def _read_partial(path: Path, key: dict, resume: bool) -> dict[str, dict]:
 
 def generate(cfg: GenerateConfig, resume: bool = False, on_progress: Optional[ProgressFn] = None) -> Path:
     """Generate a response for every prompt in ``cfg.prompts``; returns the output path."""
-    import torch
-    from tqdm.auto import tqdm
-
-    from .io import atomic_path, fingerprint_file
-    from .models import model_id
+    from .runlock import run_lock
 
     if not cfg.out:
         raise SealError("no output file given (--out)")
     if not cfg.prompts:
         raise SealError("no prompts file given (--prompts)")
     out = Path(cfg.out).expanduser()
+    with run_lock(out.parent, name=f".{out.name}.lock"):
+        return _generate(cfg, out, resume, on_progress)
+
+
+def _generate(cfg: GenerateConfig, out: Path, resume: bool, on_progress: Optional[ProgressFn]) -> Path:
+    import torch
+    from tqdm.auto import tqdm
+
+    from .io import atomic_path, fingerprint_file
+    from .models import model_id
+
     prompts, n_empty = read_prompts(cfg.prompts, cfg.limit)
     if n_empty:
         print(f"warning: skipped {n_empty} empty prompt(s) in {cfg.prompts}", file=sys.stderr)

@@ -118,7 +118,7 @@ def test_finetune_writes_adapter_config_summary_log(data, tmp_path):
     assert adapter_cfg["r"] == 8 and sorted(adapter_cfg["target_modules"]) == ["q_proj", "v_proj"]
     weights = _adapter_weights(out)
     assert weights and all("lora_" in k for k in weights)
-    assert (out / "checkpoints" / "last.pt").exists()
+    assert (out / "checkpoints" / "last.safetensors").exists()
 
 
 def test_resume_matches_uninterrupted_run(data, tmp_path):

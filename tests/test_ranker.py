@@ -15,6 +15,7 @@ from seal_core.config import from_dict
 from seal_core.ranker.config import RankConfig
 from seal_core.ranker.run import rank
 from seal_core.schema import compute_sample_id
+from seal_core.training import CHECKPOINT_NAME, load_checkpoint
 
 COLOURS = ["sky", "sea", "lake", "river", "ice", "ink", "jeans", "sapphire", "whale", "berry", "flag", "mug",
            "car", "door", "kite", "hat", "shoe", "cup", "bowl", "pen", "boat", "shirt", "lamp", "bag"]
@@ -122,7 +123,7 @@ def test_killed_run_resumes_to_identical_scores(toy, tmp_path):
     out = tmp_path / "killed"
     # max_steps stands in for a kill between checkpoints: steps 4-5 of 8 are redone after resume.
     rank(_cfg(toy, out, epochs=2, checkpoint_every=3, max_steps=5))
-    ck = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
+    ck = load_checkpoint(out / "checkpoints" / CHECKPOINT_NAME)
     assert ck["step"] == 5
     resumed = _scores(rank(_cfg(toy, out, epochs=2, checkpoint_every=3), resume=True))
     np.testing.assert_allclose(resumed.loc[full.index, "score"], full["score"], atol=1e-6)

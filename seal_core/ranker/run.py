@@ -21,6 +21,7 @@ from ..config import to_dict
 from ..errors import SealError
 from ..ingest import load_required_samples
 from ..io import fingerprint_file, save_resolved_config, write_parquet
+from ..runlock import run_lock
 from ..training import ProgressFn
 from .config import RankConfig
 from .scores import write_scores
@@ -36,8 +37,11 @@ def rank(cfg: RankConfig, resume: bool = False, on_progress: Optional[ProgressFn
     """Run ``cfg.method`` and write ``cfg.out/scores.parquet``; returns its path."""
     if not cfg.out:
         raise SealError("no output directory given (--out)")
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    with run_lock(cfg.out):
+        return _rank(cfg, Path(cfg.out), resume, on_progress)
+
+
+def _rank(cfg: RankConfig, out: Path, resume: bool, on_progress: Optional[ProgressFn]) -> Path:
     t0 = time.time()
     pool = load_required_samples(cfg.pool, "pool")
     # Sorting by id makes every result independent of the pool's file order.

@@ -1,15 +1,17 @@
 """The training core shared by the ranker and the fine-tune.
 
-:mod:`.state` restores seeds, RNG and adapter weights; :mod:`.run` holds the
+:mod:`.state` restores seeds, RNG and adapter weights; :mod:`.checkpoint` reads and
+writes checkpoints without pickle (safetensors + JSON); :mod:`.run` holds the
 checkpoint, log, progress and resume scaffolding (:class:`TrainingRun`) that both
 loops use, so a change to how runs are saved or resumed is made once.
 """
 
-from .run import (CHECKPOINT_NAME, ProgressFn, TrainingRun, load_checked_checkpoint, micro_batches, oom_as_error,
-                  trim_log)
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .run import (CHECKPOINT_NAME, CheckpointMismatch, ProgressFn, TrainingRun, load_checked_checkpoint, micro_batches,
+                  oom_as_error, trim_log)
 from .state import adapter_state, load_adapter_state, rng_state, seed_all, set_rng_state
 
 __all__ = [
-    "CHECKPOINT_NAME", "ProgressFn", "TrainingRun", "load_checked_checkpoint", "micro_batches", "oom_as_error",
+    "CHECKPOINT_NAME", "CheckpointError", "CheckpointMismatch", "load_checkpoint", "save_checkpoint", "ProgressFn", "TrainingRun", "load_checked_checkpoint", "micro_batches", "oom_as_error",
     "trim_log", "adapter_state", "load_adapter_state", "rng_state", "seed_all", "set_rng_state",
 ]

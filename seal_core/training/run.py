@@ -18,11 +18,26 @@ from typing import Iterable, Iterator, Optional
 import torch
 
 from ..errors import SealError
-from ..io import atomic_path
 from ..progress import ProgressFn
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .state import rng_state, set_rng_state
 
-CHECKPOINT_NAME = "last.pt"
+CHECKPOINT_NAME = "last.safetensors"
+# Earlier versions pickled checkpoints; those are never loaded (unpickling can run code).
+LEGACY_CHECKPOINT_NAME = "last.pt"
+
+
+class CheckpointMismatch(SealError):
+    """The checkpoint belongs to another run: other samples or other settings.
+
+    The one error after which starting afresh is right; every other error leaves the
+    checkpoint in place and fails the stage.
+    """
+
+    def __init__(self, path: Path, keys: list[str], what: str):
+        self.path, self.keys = path, keys
+        super().__init__(f"{path}: the checkpoint was made for {what}; rerun without --resume, with the same "
+                         "settings, or with --out elsewhere")
 
 
 def micro_batches(idx: list[int], size: int) -> list[list[int]]:
@@ -39,16 +54,21 @@ def load_checked_checkpoint(path: Path, sample_ids: list[str], config: dict, fre
     # Everything loads to the CPU: torch.set_rng_state only takes a CPU ByteTensor, and a state
     # mapped to CUDA would make every GPU resume fail. Optimiser load_state_dict and the in-place
     # copy_ of adapter weights move tensors to their parameters' device themselves.
-    ck = torch.load(path, map_location="cpu", weights_only=False)
+    legacy = path.with_name(LEGACY_CHECKPOINT_NAME)
+    if not path.exists() and legacy.exists():
+        raise CheckpointError(f"{legacy} is a pickled checkpoint of an earlier version, which is not loaded "
+                              "(unpickling a file can run code); rerun without --resume")
+    ck = load_checkpoint(path)
+    if not isinstance(ck, dict) or not isinstance(ck.get("config"), dict) or "sample_ids" not in ck:
+        raise CheckpointError(f"{path} is not a valid checkpoint (no config or sample ids); "
+                              "rerun without --resume or point --out elsewhere")
     if ck["sample_ids"] != sample_ids:
-        raise SealError(f"{path}: the checkpoint was made for different {data_name} (sample ids differ); "
-                        "rerun without --resume or point --out elsewhere")
+        raise CheckpointMismatch(path, ["sample_ids"], f"different {data_name} (sample ids differ)")
     free = set(free_keys)
     old = {k: v for k, v in ck["config"].items() if k not in free}
-    diff = sorted(k for k, v in config.items() if k not in free and old.get(k) != v)
+    diff = sorted(k for k in set(config) | set(old) if k not in free and old.get(k) != config.get(k))
     if diff:
-        raise SealError(f"{path}: config differs from the checkpoint's in {', '.join(diff)}; "
-                        "rerun without --resume or with the same settings")
+        raise CheckpointMismatch(path, diff, f"other settings (config differs in {', '.join(diff)})")
     return ck
 
 
@@ -91,7 +111,8 @@ class TrainingRun:
         self._bar = None
 
     def can_resume(self, resume: bool) -> bool:
-        return resume and self.checkpoint_path.exists()
+        return resume and (self.checkpoint_path.exists()
+                           or self.checkpoint_path.with_name(LEGACY_CHECKPOINT_NAME).exists())
 
     def restore(self, resume: bool) -> Optional[dict]:
         """The checked checkpoint to continue from, RNG state restored; ``None`` for a fresh start.
@@ -114,9 +135,7 @@ class TrainingRun:
     def save(self, state: dict) -> None:
         """Write ``state`` (the loop's ``to_checkpoint()``) atomically: a crash keeps the previous one."""
         ck = {"config": self.config, "sample_ids": self.sample_ids, **state, "rng": rng_state()}
-        self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.checkpoint_path) as tmp:
-            torch.save(ck, tmp)
+        save_checkpoint(self.checkpoint_path, ck)
 
     @contextlib.contextmanager
     def progress(self, total_steps: int, initial_step: int) -> Iterator[None]:
