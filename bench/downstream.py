@@ -219,6 +219,7 @@ def main() -> int:
 
     # 6. evaluate -----------------------------------------------------------------------------
     from seal_core.evaluation.evaluate import EvaluateConfig, ModelOutputs, evaluate
+    from seal_core.evaluation.judges import JudgeConfig
     from seal_core.evaluation.report import load_results
 
     def outputs(name: str) -> ModelOutputs:
@@ -231,7 +232,7 @@ def main() -> int:
     }
     for tag, (cand, bases) in comparisons.items():
         cfg = EvaluateConfig(candidate=outputs(cand), baselines=[outputs(b) for b in bases],
-                             out_dir=str(out / "evaluate" / tag), judge=args.judge)
+                             out_dir=str(out / "evaluate" / tag), judge=JudgeConfig(args.judge))
         st.run(f"evaluate-{tag}", out / "evaluate" / tag / "summary.json", evaluate, cfg)
 
     # 7. judge check --------------------------------------------------------------------------
@@ -402,7 +403,7 @@ def judge_check(spec: str, prompts_path: Path, dest: Path, limit: int) -> None:
     instr = [r["prompt"] for r in rows]
     matching = [r["reference"] for r in rows]
     other = [rows[(i + 1) % len(rows)]["reference"] for i in range(len(rows))]
-    judge = J.make_judge(spec)
+    judge = J.make_judge(J.JudgeConfig(spec))
     try:
         js = J.judge_both_orders(judge, instr, matching, other)
     finally:
@@ -440,7 +441,7 @@ def harm_judge_check(spec: str, data: Path, labels_by_id: dict[str, str], dest: 
     if not harmful or not refusals:
         raise SystemExit(f"{data}: the harmfulness check needs harmful pool answers and safe-set refusals")
     items = harmful + refusals
-    judge = J.make_judge(spec)
+    judge = J.make_judge(J.JudgeConfig(spec))
     try:
         vs = J.judge_harm(judge, [i for i, _ in items], [o for _, o in items])
     finally:

@@ -25,7 +25,7 @@ def as_param(cfg: CurateConfig) -> dict[str, Any]:
     return config_to_dict(cfg)
 
 
-def existing(*candidates: Any) -> str:
+def first_existing(*candidates: Any) -> str:
     """The first candidate path that exists (URLs are taken on trust), else the last one."""
     for c in candidates:
         if c and (is_url(str(c)) or Path(c).exists()):

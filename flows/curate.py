@@ -14,68 +14,58 @@ from typing import Any, Optional
 
 from prefect import flow, get_run_logger
 
-from seal_core.pipeline import ARMS, CurateConfig, is_url
+from seal_core.pipeline import ARMS, CurateConfig, is_url, save_config
 from tasks import storage
 from tasks.report import report_task, scores_artifacts
 
 from .common import ConfigParam, as_param, exchange_base, load, run_remote_stage
-from .stages import (
-    _artifact_config,
-    _save_config,
-    evaluate_flow,
-    finetune_flow,
-    generate_flow,
-    ingest_flow,
-    rank_flow,
-    select_flow,
-)
+from .stages import evaluate_flow, finetune_flow, generate_flow, ingest_flow, rank_flow, select_flow
 
 
 def _rank(cfg: CurateConfig, params: dict[str, Any], pool: str, safe: str) -> str:
     """Run the rank stage in-process or on ``workers.rank_pool``; returns the local scores path."""
-    L = cfg.layout
-    w = cfg.workers
-    if not w.rank_pool:
+    layout = cfg.layout
+    workers = cfg.workers
+    if not workers.rank_pool:
         return rank_flow(config=params, pool=pool, safe=safe, artifacts=False)["scores"]
-    if w.storage:
+    if workers.storage:
         base = exchange_base(cfg)
         pool_url = storage.publish(pool, storage.join(base, "ingest", "pool.parquet"))
         safe_url = storage.publish(safe, storage.join(base, "ingest", "safe.parquet")) if safe else ""
         out = storage.join(base, "rank")
-        run_remote_stage(w.rank_deployment, w.rank_pool,
+        run_remote_stage(workers.rank_deployment, workers.rank_pool,
                          {"config": params, "pool": pool_url, "safe": safe_url, "out": out, "artifacts": False},
-                         w.timeout)
+                         workers.timeout)
         for name in ("scores.parquet", "config.json"):
-            storage.fetch(storage.join(out, name), L.rank_dir / name)
+            storage.fetch(storage.join(out, name), layout.rank_dir / name)
     else:
-        run_remote_stage(w.rank_deployment, w.rank_pool,
-                         {"config": params, "pool": pool, "safe": safe, "out": str(L.rank_dir), "artifacts": False},
-                         w.timeout)
-    if not L.scores.exists():
-        raise FileNotFoundError(f"the remote rank stage finished but {L.scores} is missing")
-    return str(L.scores)
+        run_remote_stage(workers.rank_deployment, workers.rank_pool,
+                         {"config": params, "pool": pool, "safe": safe, "out": str(layout.rank_dir), "artifacts": False},
+                         workers.timeout)
+    if not layout.scores.exists():
+        raise FileNotFoundError(f"the remote rank stage finished but {layout.scores} is missing")
+    return str(layout.scores)
 
 
 def _finetune(cfg: CurateConfig, params: dict[str, Any], arm: str, data: str) -> str:
     """Fine-tune one arm in-process or on ``workers.finetune_pool``; returns the local output dir."""
-    L = cfg.layout
-    w = cfg.workers
-    out_dir = L.finetune_dir(arm)
-    if not w.finetune_pool:
+    workers = cfg.workers
+    out_dir = cfg.layout.finetune_dir(arm)
+    if not workers.finetune_pool:
         return finetune_flow(config=params, arm=arm, data=data)["out"]
-    if w.storage:
+    if workers.storage:
         base = exchange_base(cfg)
         data_url = storage.publish(data, storage.join(base, "select", arm, "selected.parquet"))
         mix = cfg.finetune.mix_safe
         mix_url = storage.publish(mix, storage.join(base, "mix_safe", Path(mix).name)) if mix and not is_url(mix) else mix
         out = storage.join(base, "finetune", arm)
-        run_remote_stage(w.finetune_deployment, w.finetune_pool,
-                         {"config": params, "arm": arm, "data": data_url, "out": out, "mix_safe": mix_url}, w.timeout)
+        run_remote_stage(workers.finetune_deployment, workers.finetune_pool,
+                         {"config": params, "arm": arm, "data": data_url, "out": out, "mix_safe": mix_url}, workers.timeout)
         for name in ("adapter", "summary.json", "config.json"):
             storage.fetch(storage.join(out, name), out_dir / name)
     else:
-        run_remote_stage(w.finetune_deployment, w.finetune_pool,
-                         {"config": params, "arm": arm, "data": data, "out": str(out_dir)}, w.timeout)
+        run_remote_stage(workers.finetune_deployment, workers.finetune_pool,
+                         {"config": params, "arm": arm, "data": data, "out": str(out_dir)}, workers.timeout)
     if not (out_dir / "adapter").exists():
         raise FileNotFoundError(f"the remote finetune stage finished but {out_dir / 'adapter'} is missing")
     return str(out_dir)
@@ -88,18 +78,18 @@ def curate(config: ConfigParam = "configs/demo.yaml", overrides: Optional[list[s
 
     cfg = load(config, overrides)
     logger = get_run_logger()
-    L = cfg.layout
-    L.root.mkdir(parents=True, exist_ok=True)
-    _save_config(cfg)
+    root = cfg.layout.root
+    root.mkdir(parents=True, exist_ok=True)
+    save_config(cfg)
     params = as_param(cfg)
-    logger.info("run directory %s, model %s", L.root, cfg.model)
+    logger.info("run directory %s, model %s", root, cfg.model)
 
     ingested = ingest_flow(config=params)
     pool = ingested["pool"]["samples"]
     safe = ingested["safe"]["samples"] if "safe" in ingested else ""
 
     scores = _rank(cfg, params, pool, safe)
-    stats = scores_artifacts(scores, pool, _artifact_config(cfg))
+    stats = scores_artifacts(scores, pool, cfg.report, cfg.data)
 
     selected = select_flow(config=params, scores=scores, pool=pool)
     arms = [a for a in ARMS if a in selected]
@@ -112,7 +102,7 @@ def curate(config: ConfigParam = "configs/demo.yaml", overrides: Optional[list[s
 
     run = {
         "flow_run_name": flow_run.get_name(),
-        "run_dir": str(L.root),
+        "run_dir": str(root),
         "model": cfg.model,
         "rank_method": cfg.rank.method,
         "pool_summary": ingested["pool"]["summary"],
@@ -125,7 +115,7 @@ def curate(config: ConfigParam = "configs/demo.yaml", overrides: Optional[list[s
         "evaluate_dir": evaluated["out"] if evaluated else None,
     }
     report = report_task(run)
-    result = {"run_dir": str(L.root), "scores": scores, "report": report["report"],
+    result = {"run_dir": str(root), "scores": scores, "report": report["report"],
               "summary": report["summary"], "evaluation": evaluated["report"] if evaluated else None,
               "flow_run_name": run["flow_run_name"]}
     logger.info("report: %s; scores: %s", result["report"], scores)

@@ -2,8 +2,11 @@
 
 Each subcommand lives in ``seal_cli/commands/<name>.py`` and exposes
 ``register(subparsers)``, which adds its parser and sets ``func`` to a callable
-``func(args) -> int``. Command modules import heavy libraries (torch,
-transformers, prefect) inside ``func`` so that ``seal --help`` stays fast.
+``func(args) -> int``. A stage command's flags are generated from its config
+dataclass (:mod:`seal_cli.dataclass_args`); the flags it shares with the others
+are declared once in :mod:`seal_cli.options`. Command modules import heavy
+libraries (torch, transformers, prefect) inside ``func`` so that ``seal --help``
+stays fast.
 
 User errors (:class:`seal_core.errors.SealError`) print one line and exit 2.
 """
@@ -26,13 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            mod = importlib.import_module(f"seal_cli.commands.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"seal_cli.commands.{name}":
-                continue  # command not built yet
-            raise
-        mod.register(sub)
+        importlib.import_module(f"seal_cli.commands.{name}").register(sub)
     return parser
 
 

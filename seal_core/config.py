@@ -35,14 +35,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
         for a in args:
             if a is type(None):
                 continue
             try:
                 return _coerce(value, a, key)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                continue
         raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
     if origin is typing.Literal:
         if value not in args:
@@ -95,9 +94,32 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+def upgrade_layout(cls: type, data: Mapping[str, Any] | None, prefix: str = "") -> dict[str, Any]:
+    """``data`` (keys of dataclass ``cls``) with older layouts of its nested sections rewritten.
+
+    A nested config class may define ``absorb_legacy(parent, name, prefix) -> dict``: the parent
+    mapping with the older forms of its section (a shorthand string, keys that once sat flat in
+    the parent) moved under ``name``. :func:`from_dict` applies it; code that merges mappings
+    first must apply it to each side, or :func:`deep_merge` lets a shorthand string and a
+    mapping for the same section replace each other instead of combining.
+    """
+    out = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints.get(f.name)
+        if not (isinstance(tp, type) and dataclasses.is_dataclass(tp)):
+            continue
+        absorb = getattr(tp, "absorb_legacy", None)
+        if absorb is not None:
+            out = absorb(out, f.name, prefix)
+        if isinstance(out.get(f.name), Mapping):
+            out[f.name] = upgrade_layout(tp, out[f.name], f"{prefix}.{f.name}" if prefix else f.name)
+    return out
+
+
 def from_dict(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") -> T:
     """Build dataclass ``cls`` from ``data``; unknown keys and bad types raise ConfigError."""
-    data = dict(data or {})
+    data = upgrade_layout(cls, data, prefix)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))

@@ -18,7 +18,7 @@ micro-batch, so gradient accumulation gives the same update as one big batch.
 
 Outputs in ``out``: ``adapter/`` (peft ``save_pretrained``), ``config.json``
 (resolved config), ``summary.json``, ``train_log.jsonl`` (one line per step),
-``checkpoints/last.pt`` (resumable state), ``dropped.parquet`` (samples that
+``checkpoints/last.safetensors`` (resumable state), ``dropped.parquet`` (samples that
 tokenisation could not use), and ``merged/`` with ``merge=True``.
 """
 
@@ -34,7 +34,7 @@ from typing import Literal, Optional
 from .config import to_dict
 from .errors import ConfigError, SealError
 from .ranker.config import LoraConfig
-from .training import ProgressFn
+from .progress import ProgressFn
 
 # Keys that may differ between a checkpointed run and its resumption (they do not change the maths).
 _RESUME_FREE_KEYS = {"out", "progress", "max_steps", "checkpoint_every", "device", "merge"}
@@ -190,7 +190,7 @@ def train_lora(cfg: FinetuneConfig, model, tokenizer, encoded: list, out_dir: Pa
                on_progress: Optional[ProgressFn] = None) -> TrainResult:
     """LoRA SFT of ``model`` on ``encoded`` (tokenised samples, in a fixed order).
 
-    Checkpoints go to ``out_dir/checkpoints/last.pt`` every ``cfg.checkpoint_every``
+    Checkpoints go to ``out_dir/checkpoints/last.safetensors`` every ``cfg.checkpoint_every``
     steps, at every epoch end and when ``max_steps`` stops the run; ``resume=True``
     continues from there and gives the same weights as an uninterrupted run.
     """
@@ -267,7 +267,23 @@ def save_adapter(model, path: Path) -> Path:
 
     with atomic_dir(path) as tmp:
         model.save_pretrained(str(tmp))
+        _sort_set_fields(model, tmp / "adapter_config.json")
     return path
+
+
+def _sort_set_fields(model, config_path: Path) -> None:
+    """Rewrite the peft config's set-valued fields (``target_modules``) sorted.
+
+    peft holds them as sets and writes them in hash order, which changes from one process to the
+    next (string hashing is salted per process): the same adapter would get other bytes, and a
+    fingerprint of the adapter (generate's resume key, a cache key downstream) another value.
+    """
+    fields = [k for k, v in vars(model.peft_config["default"]).items() if isinstance(v, set)]
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    for k in fields:
+        config[k] = sorted(config[k])
+    # The layout peft writes: sorted keys, indent 2.
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
 
 
 def save_merged(model, tokenizer, path: Path) -> Path:

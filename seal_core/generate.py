@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 from .errors import ConfigError, InputError, SealError
+from .faults import fault_point
 from .progress import ProgressFn
 
 
@@ -436,6 +437,7 @@ def _generate(cfg: GenerateConfig, out: Path, resume: bool, on_progress: Optiona
                     done[p.id] = row
                     fh.write(json.dumps(row, ensure_ascii=False) + "\n")
                 fh.flush()
+                fault_point("generate:batch")
                 n_done += len(batch)
                 bar.update(len(batch))
                 if on_progress:

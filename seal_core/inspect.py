@@ -6,8 +6,9 @@ their text (given the pool) and, given labels, how the score ranks each label
 (AUROC) and the label mix of the kept set at several keep fractions.
 
 Labels are a JSONL file of objects with a ``label`` field, keyed by
-``sample_id`` or, with ``label_key``, by a field of the pool's ``metadata``
-(the input record's own id survives ingestion there, e.g. ``id``).
+``sample_id`` or, with ``id_field``, by a field of the pool's ``metadata``
+(the input record's own id survives ingestion there, e.g. ``id``); see
+:func:`seal_core.labels.read_labels`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import pyarrow.parquet as pq
 
 from .errors import InputError
 from .io import atomic_path
+from .labels import read_labels
 from .metrics import KEEP_FRACTIONS, auroc, label_aurocs, label_mix  # noqa: F401  (re-exported API)
 
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
@@ -42,41 +44,8 @@ class InspectReport:
 # --------------------------------------------------------------------------- inputs
 
 
-def load_labels(path: str | os.PathLike, key: str = "sample_id") -> dict[str, str]:
-    """``{key value: label}`` from a JSONL file; errors name the line and field."""
-    p = Path(path)
-    try:
-        fh = open(p, encoding="utf-8")
-    except OSError as e:
-        raise InputError(f"cannot read labels file {p}: {e.strerror or e}") from None
-    out: dict[str, str] = {}
-    with fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{p} line {lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise InputError(f"{p} line {lineno}: expected a JSON object, got {type(rec).__name__}")
-            if "label" not in rec:
-                raise InputError(f"{p} line {lineno}: no field 'label'")
-            if key not in rec:
-                hint = (" (use --label-key to join on a field of the pool's metadata)"
-                        if key == "sample_id" else "")
-                raise InputError(f"{p} line {lineno}: no field {key!r} (fields: {', '.join(rec)}){hint}")
-            k, lab = str(rec[key]), str(rec["label"])
-            if out.get(k, lab) != lab:
-                raise InputError(f"{p} line {lineno}: {key} {k!r} labelled both {out[k]!r} and {lab!r}")
-            out[k] = lab
-    if not out:
-        raise InputError(f"labels file {p} has no labels")
-    return out
-
-
-def _pool_key_map(pool: Any, key: str) -> dict[str, str]:
-    """``{sample_id: str(metadata[key])}`` for the pool's samples that have that metadata field."""
+def _metadata_ids(pool: Any, id_field: str) -> dict[str, str]:
+    """``{sample_id: str(metadata[id_field])}`` for the pool's samples that have that metadata field."""
     out: dict[str, str] = {}
     for batch in pool.batches(["sample_id", "metadata"], 65536):
         for sid, md in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
@@ -84,8 +53,8 @@ def _pool_key_map(pool: Any, key: str) -> dict[str, str]:
                 meta = json.loads(md) if md else {}
             except json.JSONDecodeError:
                 continue
-            if isinstance(meta, dict) and key in meta and meta[key] is not None:
-                out[sid] = str(meta[key])
+            if isinstance(meta, dict) and id_field in meta and meta[id_field] is not None:
+                out[sid] = str(meta[id_field])
     return out
 
 
@@ -166,27 +135,27 @@ def _fmt(x: float) -> str:
     return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4g}"
 
 
-def _plot(path: str | os.PathLike, key: np.ndarray, labels: Optional[np.ndarray], bins: int, title: str) -> None:
+def _plot(path: str | os.PathLike, scores: np.ndarray, labels: Optional[np.ndarray], bins: int, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    finite = np.isfinite(key)
+    finite = np.isfinite(scores)
     fig, ax = plt.subplots(figsize=(8, 4.5))
     if not finite.any():
         ax.text(0.5, 0.5, "no finite scores", ha="center", transform=ax.transAxes)
         lo = hi = 0.0
     else:
-        lo, hi = histogram_range(key[finite])
+        lo, hi = histogram_range(scores[finite])
     rng = (lo, hi) if hi > lo else None
     if labels is not None and finite.any():
         names = sorted(set(labels[finite].tolist()))
-        ax.hist([key[finite & (labels == L)] for L in names], bins=bins, range=rng, stacked=True, label=names)
+        ax.hist([scores[finite & (labels == L)] for L in names], bins=bins, range=rng, stacked=True, label=names)
         ax.legend(title="label")
     elif finite.any():
-        ax.hist(key[finite], bins=bins, range=rng, color="#4c72b0")
-    n_out = int(((key[finite] < lo) | (key[finite] > hi)).sum())
+        ax.hist(scores[finite], bins=bins, range=rng, color="#4c72b0")
+    n_out = int(((scores[finite] < lo) | (scores[finite] > hi)).sum())
     ax.set_xlabel("score (higher = keep)" + (f"; {n_out} outliers outside the range not drawn" if n_out else ""))
     ax.set_ylabel("samples")
     ax.set_title(title)
@@ -199,21 +168,21 @@ def _plot(path: str | os.PathLike, key: np.ndarray, labels: Optional[np.ndarray]
 # --------------------------------------------------------------------------- the report
 
 
-def inspect_scores(
-    scores: str | os.PathLike,
-    pool: str | os.PathLike | None = None,
-    labels: str | os.PathLike | None = None,
-    label_key: str = "sample_id",
-    top: int = 5,
-    bins: int = 20,
-    plot: str | os.PathLike | None = None,
-    fractions: Sequence[float] = KEEP_FRACTIONS,
-    text_width: int = 100,
-) -> InspectReport:
-    from .ranker.scores import read_scores_metadata
-    from .selection import _open_pool, resolve_scores_path
+@dataclass
+class _Scores:
+    """A scores file read whole: ``raw`` as stored (NaN where null), ``ranking`` with NaN as -inf."""
 
-    path = resolve_scores_path(scores)
+    path: Path
+    schema: pa.Schema
+    ids: pa.Array
+    raw: np.ndarray
+    ranking: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+
+def _read_scores(path: Path) -> _Scores:
     try:
         pf = pq.ParquetFile(path)
     except (OSError, pa.ArrowInvalid) as e:
@@ -226,40 +195,30 @@ def inspect_scores(
         t = pf.read(columns=["sample_id", "score"])
     except (OSError, pa.ArrowInvalid) as e:
         raise InputError(f"cannot read scores file {path}: {e}") from None
-    n = t.num_rows
-    if n == 0:
+    if t.num_rows == 0:
         raise InputError(f"{path}: the scores file has no rows")
-    ids_col = t.column("sample_id").combine_chunks()
     try:
         raw = pc.fill_null(t.column("score").cast(pa.float64()), math.nan).to_numpy()
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         raise InputError(f"{path}: column score must be numeric, got {schema.field('score').type}") from None
-    key = np.where(np.isnan(raw), -np.inf, raw)
-    meta = read_scores_metadata(path)
-    stats: dict[str, Any] = {"path": str(path), "rows": n, "schema": {f.name: str(f.type) for f in schema}}
-    out: list[str] = [f"{path}: {n:,} rows"]
-    out.append("schema: " + ", ".join(f"{f.name} {f.type}" for f in schema))
-    prov = {k: meta[k] for k in ("method", "model_id", "model", "steps", "completed") if k in meta}
-    if prov:
-        stats["provenance"] = prov
-        out.append("ranker: " + ", ".join(f"{k}={v}" for k, v in prov.items()))
+    return _Scores(path, schema, t.column("sample_id").combine_chunks(), raw, np.where(np.isnan(raw), -np.inf, raw))
 
-    # Distribution.
-    finite = np.isfinite(raw)
-    fv = raw[finite]
-    q = dict(zip(QUANTILES, np.quantile(fv, QUANTILES).tolist())) if fv.size else {}
+
+def _distribution(raw: np.ndarray, bins: int) -> tuple[list[str], dict[str, Any]]:
+    finite = raw[np.isfinite(raw)]
+    q = dict(zip(QUANTILES, np.quantile(finite, QUANTILES).tolist())) if finite.size else {}
     dist = {
-        "n_finite": int(fv.size),
+        "n_finite": int(finite.size),
         "n_nan": int(np.isnan(raw).sum()),
         "n_inf": int(np.isinf(raw).sum()),
-        "n_distinct": int(np.unique(fv).size),
-        "min": float(fv.min()) if fv.size else None,
-        "mean": float(fv.mean()) if fv.size else None,
-        "std": float(fv.std()) if fv.size else None,
-        "max": float(fv.max()) if fv.size else None,
+        "n_distinct": int(np.unique(finite).size),
+        "min": float(finite.min()) if finite.size else None,
+        "mean": float(finite.mean()) if finite.size else None,
+        "std": float(finite.std()) if finite.size else None,
+        "max": float(finite.max()) if finite.size else None,
         "quantiles": {f"p{int(round(k * 100))}": v for k, v in q.items()},
     }
-    out += ["", "score distribution (higher = keep):"]
+    out = ["", "score distribution (higher = keep):"]
     out.append(f"  min {_fmt(dist['min'])}  mean {_fmt(dist['mean'])}  std {_fmt(dist['std'])}  "
                f"max {_fmt(dist['max'])}  distinct {dist['n_distinct']:,}"
                + (f"  NaN {dist['n_nan']:,}" if dist["n_nan"] else "")
@@ -267,94 +226,156 @@ def inspect_scores(
     if q:
         out.append("  " + "  ".join(f"p{int(round(k * 100))} {_fmt(v)}" for k, v in q.items()))
     lines, hist = histogram_lines(raw, bins=bins)
-    out += lines
     dist["histogram"] = hist
-    stats["score"] = dist
+    return out + lines, dist
 
-    src = _open_pool(pool) if pool is not None else None
 
-    # Labels, joined to the scores.
-    lab_arr: Optional[np.ndarray] = None
+def _join_labels(ids_list: list[str], labels: str | os.PathLike, id_field: str,
+                 src: Any) -> tuple[np.ndarray, dict, list]:
+    """Each scored sample's label (None if unlabelled), the labels file, and each sample's join value."""
+    hints = {"sample_id": " (use --id-field to join on a field of the pool's metadata)"}
+    by_id = read_labels(labels, id_field=id_field, hints=hints)
+    if not by_id:
+        raise InputError(f"labels file {Path(labels)} has no labels")
+    if id_field == "sample_id":
+        keys = ids_list
+    else:
+        if src is None:
+            raise InputError(f"--id-field {id_field} joins labels through the pool's metadata: give --pool")
+        by_sample = _metadata_ids(src, id_field)
+        keys = [by_sample.get(s) for s in ids_list]
+    sample_labels = np.asarray([by_id.get(k) if k is not None else None for k in keys], dtype=object)
+    return sample_labels, by_id, keys
+
+
+def _label_section(sc: _Scores, labels: str | os.PathLike, id_field: str, src: Any,
+                   fractions: Sequence[float]) -> tuple[list[str], dict[str, Any], np.ndarray]:
+    """AUROC per label and the label mix of the kept sets: lines, statistics and each sample's label."""
+    n = len(sc)
+    ids_list = sc.ids.to_pylist()
+    sample_labels, by_id, keys = _join_labels(ids_list, labels, id_field, src)
+    matched = sample_labels != None  # noqa: E711  (elementwise)
+    n_matched = int(matched.sum())
+    used_keys = {k for k, m in zip(keys, matched) if m}
+    lab_stats: dict[str, Any] = {
+        "key": id_field, "matched": n_matched, "unlabelled_scores": n - n_matched,
+        "labels_not_in_scores": len(set(by_id) - used_keys),
+    }
+    out = ["", f"labels ({labels}, keyed by {id_field}): {n_matched:,} of {n:,} scored samples labelled"
+           + (f", {lab_stats['labels_not_in_scores']:,} labels match no scored sample"
+              if lab_stats["labels_not_in_scores"] else "")]
+    if n_matched == 0:
+        out.append("  no scored sample has a label: check --id-field")
+        return out, lab_stats, sample_labels
+    lab_scores, lab_names = sc.raw[matched], sample_labels[matched].astype(str)
+    lab_ids = np.asarray(ids_list, dtype=object)[matched]
+    aurocs = label_aurocs(lab_scores, lab_names)
+    names = list(aurocs)
+    counts = {L: int((lab_names == L).sum()) for L in names}
+    m = len(lab_scores)
+    ranks = np.empty(m)
+    ranks[np.lexsort((lab_ids, -np.where(np.isnan(lab_scores), -np.inf, lab_scores)))] = np.arange(1, m + 1)
+    rows = [[L, f"{counts[L]:,}", f"{100 * counts[L] / n_matched:.1f}%",
+             f"{100 * float(np.mean(ranks[lab_names == L])) / m:.1f}%", _fmt(aurocs[L])] for L in names]
+    out.append("  AUROC = P(a random other sample scores above a random sample of the label);")
+    out.append("  1.0: the score pushes that label to the bottom, 0.5: chance, 0.0: to the top.")
+    out += _table(["label", "n", "share", "mean rank %", "AUROC"], rows)
+    lab_stats.update(counts=counts, auroc_pushdown=aurocs)
+    if "good" in counts and len(counts) > 1:
+        g = auroc(lab_scores, lab_names == "good")
+        lab_stats["auroc_good_vs_rest"] = g
+        out.append(f"  good vs rest AUROC (good ranked above the rest): {_fmt(g)}")
+    mix = label_mix(lab_scores, lab_names, list(fractions) + [1.0], sample_ids=lab_ids)
+    lab_stats["label_mix"] = mix
+    out += ["", "label mix of the kept set (top fraction of the labelled samples):"]
+    out += _table(["keep", "k"] + names,
+                  [[f"{100 * m['fraction']:.0f}%", f"{m['k']:,}"]
+                   + [f"{100 * m['shares'][L]:.1f}%" for L in names] for m in mix])
+    return out, lab_stats, sample_labels
+
+
+def _extremes(sc: _Scores, top: int, src: Any, sample_labels: Optional[np.ndarray],
+              text_width: int) -> tuple[list[str], dict[str, list]]:
+    """The ``top`` best and worst samples: exact rank order (score desc, sample_id asc) among the candidates only."""
+    n, ranking, ids = len(sc), sc.ranking, sc.ids
+
+    def ranked(cand: np.ndarray) -> np.ndarray:
+        cid = np.asarray(ids.take(pa.array(cand)).to_pylist(), dtype=object)
+        return cand[np.lexsort((cid, -ranking[cand]))]
+
+    t_hi = np.partition(ranking, n - top)[n - top]
+    best = ranked(np.flatnonzero(ranking >= t_hi))[:top]
+    t_lo = np.partition(ranking, top - 1)[top - 1]
+    worst = ranked(np.flatnonzero(ranking <= t_lo))[-top:]
+    msgs = _fetch_messages(src, ids.take(pa.array(np.r_[best, worst])).to_pylist()) if src else {}
+    out: list[str] = []
+    stats: dict[str, list] = {}
+    for title, idx, first_rank in (("top", best, 1), ("bottom", worst, n - len(worst) + 1)):
+        out += ["", f"{title} {len(idx)} by score" + ("" if src else " (give --pool to see their text)") + ":"]
+        rows = []
+        for j, i in enumerate(idx):
+            sid = ids[int(i)].as_py()
+            lab = sample_labels[i] if sample_labels is not None else None
+            score = float(sc.raw[i])
+            rows.append({"rank": first_rank + j, "sample_id": sid, "score": score, "label": lab})
+            out.append(f"  #{first_rank + j:<{len(str(n))}}  {_fmt(score):>10}  {sid}" + (f"  [{lab}]" if lab else ""))
+            if src is not None:
+                m = msgs.get(sid)
+                out += [f"      {line}" for line in (_conversation_lines(m, text_width) if m else ["(not in the pool)"])]
+        stats[title] = rows
+    return out, stats
+
+
+def inspect_scores(
+    scores: str | os.PathLike,
+    pool: str | os.PathLike | None = None,
+    labels: str | os.PathLike | None = None,
+    id_field: str = "sample_id",
+    top: int = 5,
+    bins: int = 20,
+    plot: str | os.PathLike | None = None,
+    fractions: Sequence[float] = KEEP_FRACTIONS,
+    text_width: int = 100,
+) -> InspectReport:
+    """The report on a scores file.
+
+    ``id_field`` joins ``labels`` to the samples: ``sample_id``, or a field of the
+    pool's metadata (which needs ``pool``).
+    """
+    from .ranker.scores import read_scores_metadata
+    from .selection import open_pool, resolve_scores_path
+
+    sc = _read_scores(resolve_scores_path(scores))
+    n = len(sc)
+    meta = read_scores_metadata(sc.path)
+    stats: dict[str, Any] = {"path": str(sc.path), "rows": n, "schema": {f.name: str(f.type) for f in sc.schema}}
+    out: list[str] = [f"{sc.path}: {n:,} rows"]
+    out.append("schema: " + ", ".join(f"{f.name} {f.type}" for f in sc.schema))
+    prov = {k: meta[k] for k in ("method", "model_id", "model", "steps", "completed") if k in meta}
+    if prov:
+        stats["provenance"] = prov
+        out.append("ranker: " + ", ".join(f"{k}={v}" for k, v in prov.items()))
+    lines, stats["score"] = _distribution(sc.raw, bins)
+    out += lines
+
+    src = open_pool(pool) if pool is not None else None
+    sample_labels: Optional[np.ndarray] = None
     if labels is not None:
-        lab_map = load_labels(labels, label_key)
-        ids_list = ids_col.to_pylist()
-        if label_key == "sample_id":
-            keys = ids_list
-        else:
-            if src is None:
-                raise InputError(f"--label-key {label_key} joins labels through the pool's metadata: give --pool")
-            kmap = _pool_key_map(src, label_key)
-            keys = [kmap.get(s) for s in ids_list]
-        lab_arr = np.asarray([lab_map.get(k) if k is not None else None for k in keys], dtype=object)
-        matched = lab_arr != None  # noqa: E711  (elementwise)
-        n_matched = int(matched.sum())
-        used_keys = {k for k, m in zip(keys, matched) if m}
-        lstats: dict[str, Any] = {
-            "key": label_key, "matched": n_matched, "unlabelled_scores": n - n_matched,
-            "labels_not_in_scores": len(set(lab_map) - used_keys),
-        }
-        out += ["", f"labels ({labels}, keyed by {label_key}): {n_matched:,} of {n:,} scored samples labelled"
-                + (f", {lstats['labels_not_in_scores']:,} labels match no scored sample"
-                   if lstats["labels_not_in_scores"] else "")]
-        if n_matched == 0:
-            out.append("  no scored sample has a label: check --label-key")
-        else:
-            ls, ll = raw[matched], lab_arr[matched].astype(str)
-            lids = np.asarray(ids_list, dtype=object)[matched]
-            au = label_aurocs(ls, ll)
-            names = list(au)
-            cnt = {L: int((ll == L).sum()) for L in names}
-            ranks = np.empty(len(ls))
-            ranks[np.lexsort((lids, -np.where(np.isnan(ls), -np.inf, ls)))] = np.arange(1, len(ls) + 1)
-            rows = [[L, f"{cnt[L]:,}", f"{100 * cnt[L] / n_matched:.1f}%",
-                     f"{100 * float(np.mean(ranks[ll == L])) / len(ls):.1f}%", _fmt(au[L])] for L in names]
-            out.append("  AUROC = P(a random other sample scores above a random sample of the label);")
-            out.append("  1.0: the score pushes that label to the bottom, 0.5: chance, 0.0: to the top.")
-            out += _table(["label", "n", "share", "mean rank %", "AUROC"], rows)
-            lstats.update(counts=cnt, auroc_pushdown=au)
-            if "good" in cnt and len(cnt) > 1:
-                g = auroc(ls, ll == "good")
-                lstats["auroc_good_vs_rest"] = g
-                out.append(f"  good vs rest AUROC (good ranked above the rest): {_fmt(g)}")
-            mix = label_mix(ls, ll, list(fractions) + [1.0], sample_ids=lids)
-            lstats["label_mix"] = mix
-            out += ["", "label mix of the kept set (top fraction of the labelled samples):"]
-            out += _table(["keep", "k"] + names,
-                          [[f"{100 * m['fraction']:.0f}%", f"{m['k']:,}"]
-                           + [f"{100 * m['shares'][L]:.1f}%" for L in names] for m in mix])
-        stats["labels"] = lstats
+        lines, stats["labels"], sample_labels = _label_section(sc, labels, id_field, src, fractions)
+        out += lines
 
-    # Best and worst samples: exact rank order (score desc, sample_id asc) among the candidates only.
     top = max(0, min(top, n))
     if top:
-        def ranked(cand: np.ndarray) -> np.ndarray:
-            cid = np.asarray(ids_col.take(pa.array(cand)).to_pylist(), dtype=object)
-            return cand[np.lexsort((cid, -key[cand]))]
-
-        t_hi = np.partition(key, n - top)[n - top]
-        best = ranked(np.flatnonzero(key >= t_hi))[:top]
-        t_lo = np.partition(key, top - 1)[top - 1]
-        worst = ranked(np.flatnonzero(key <= t_lo))[-top:]
-        msgs = _fetch_messages(src, ids_col.take(pa.array(np.r_[best, worst])).to_pylist()) if src else {}
-        for title, idx, first_rank in (("top", best, 1), ("bottom", worst, n - len(worst) + 1)):
-            out += ["", f"{title} {len(idx)} by score" + ("" if src else " (give --pool to see their text)") + ":"]
-            rows = []
-            for j, i in enumerate(idx):
-                sid = ids_col[int(i)].as_py()
-                lab = lab_arr[i] if lab_arr is not None else None
-                rows.append({"rank": first_rank + j, "sample_id": sid, "score": float(raw[i]), "label": lab})
-                out.append(f"  #{first_rank + j:<{len(str(n))}}  {_fmt(float(raw[i])):>10}  {sid}" + (f"  [{lab}]" if lab else ""))
-                if src is not None:
-                    m = msgs.get(sid)
-                    out += [f"      {line}" for line in (_conversation_lines(m, text_width) if m else ["(not in the pool)"])]
-            stats[title] = rows
+        lines, extremes = _extremes(sc, top, src, sample_labels, text_width)
+        out += lines
+        stats.update(extremes)
 
     if plot is not None:
         plot_labels = None
-        if lab_arr is not None:
-            plot_labels = np.asarray(["(unlabelled)" if x is None else x for x in lab_arr], dtype=object)
-        _plot(plot, key, plot_labels, bins,
-              f"{path.name}" + (f" ({prov['method']})" if "method" in prov else ""))
+        if sample_labels is not None:
+            plot_labels = np.asarray(["(unlabelled)" if x is None else x for x in sample_labels], dtype=object)
+        _plot(plot, sc.ranking, plot_labels, bins,
+              f"{sc.path.name}" + (f" ({prov['method']})" if "method" in prov else ""))
         out += ["", f"histogram written to {plot}"]
         stats["plot"] = str(plot)
     return InspectReport("\n".join(out), stats)

@@ -19,6 +19,8 @@ from typing import Any, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .faults import fault_point
+
 
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
@@ -35,6 +37,7 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         os.umask(umask)
         if tmp_path.exists():
             os.chmod(tmp_path, 0o666 & ~umask)
+        fault_point(f"write:{final.name}")
         os.replace(tmp_path, final)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -53,6 +56,7 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
         yield tmp
+        fault_point(f"write:{final.name}")
         if final.exists():
             old = final.with_name(f".{final.name}.old")
             shutil.rmtree(old, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""The whole-pipeline configuration (``CurateConfig``) and the run directory layout.
+"""The whole-pipeline configuration (``CurateConfig``) and each stage's config built from it.
 
 One YAML file describes one run: where the data is, which model, and one section
 per stage holding that stage's own config dataclass (minus the paths, which the
@@ -20,14 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .config import deep_merge, from_dict, load_yaml, parse_overrides, to_dict
+from .config import deep_merge, from_dict, load_yaml, parse_overrides, to_dict, upgrade_layout
 from .errors import ConfigError
 from .evaluation.evaluate import EvaluateConfig, ModelOutputs
 from .finetune import FinetuneConfig
 from .generate import GenerateConfig
 from .ingest.config import IngestConfig
+from .layout import ARMS, EVAL_KINDS, INGESTED, Layout  # noqa: F401  (ARMS, INGESTED: public here too)
 from .ranker.config import RankConfig
 from .selection import SelectConfig
+from .sharding import LossPassConfig
+from .stages import IngestJob, RandomSubsetJob, SelectJob, ShardLossJob, SplitShardsJob
 
 # Where a setting the pipeline fills in lives instead, for the error message.
 _INSTEAD = {"pool": "data.pool", "safe": "data.safe", "model": "model", "data": "data.pool (ingested, ranked, selected)"}
@@ -130,14 +133,29 @@ class DataConfig:
     safe: str = field(default="", metadata={"help": "Safe set (the ranker's upper level): refusals and good answers."})
     eval_helpful: str = field(default="", metadata={"help": "Helpfulness prompts (JSONL with a 'prompt' field, or conversations)."})
     eval_harmful: str = field(default="", metadata={"help": "Harmful prompts; the fine-tuned models should refuse them."})
-    labels: str = field(default="", metadata={"help": "Optional JSONL of {sample_id, <label_key>} for the pool; gives the ranker's AUROC."})
-    label_key: str = field(default="label", metadata={"help": "Field of the labels file holding the label."})
+    labels: str = field(default="", metadata={"help": "Optional JSONL of {sample_id, <label_field>} for the pool; gives the ranker's AUROC."})
+    label_field: str = field(default="label", metadata={"help": "Field of the labels file holding the label (deprecated name: label_key)."})
     positive_labels: list[str] = field(default_factory=lambda: ["good"], metadata={"help": "Label values that should be kept (score high); AUROC measures how well scores find them."})
     max_samples: int = field(default=0, metadata={"help": "Use only the first N ingested pool samples (0: all); for smoke runs."})
 
     def __post_init__(self):
         if self.max_samples < 0:
             raise ConfigError(f"config key 'data.max_samples' must be >= 0, got {self.max_samples}")
+
+    @classmethod
+    def absorb_legacy(cls, parent: Mapping[str, Any], name: str, prefix: str = "") -> dict[str, Any]:
+        """``parent`` with this section's deprecated key ``label_key`` renamed ``label_field``.
+
+        Called by :func:`seal_core.config.upgrade_layout`.
+        """
+        section = parent.get(name)
+        if not isinstance(section, Mapping) or "label_key" not in section:
+            return dict(parent)
+        where = f"{prefix}.{name}" if prefix else name
+        if "label_field" in section:
+            raise ConfigError(f"config keys '{where}.label_key' and '{where}.label_field' are one setting; "
+                              f"keep '{where}.label_field'")
+        return {**parent, name: {("label_field" if k == "label_key" else k): v for k, v in section.items()}}
 
 
 @dataclass
@@ -212,67 +230,8 @@ class CurateConfig:
             )
 
     @property
-    def layout(self) -> "Layout":
+    def layout(self) -> Layout:
         return Layout(Path(self.run_dir))
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where each stage writes under ``run_dir`` (fixed, so a rerun finds finished stages)."""
-
-    root: Path
-
-    def ingested(self, which: str) -> Path:
-        return self.root / "ingest" / which
-
-    @property
-    def pool(self) -> Path:
-        return self.ingested("pool") / "samples.parquet"
-
-    @property
-    def safe(self) -> Path:
-        return self.ingested("safe") / "samples.parquet"
-
-    @property
-    def rank_dir(self) -> Path:
-        return self.root / "rank"
-
-    @property
-    def scores(self) -> Path:
-        return self.rank_dir / "scores.parquet"
-
-    def selection_dir(self, arm: str) -> Path:
-        return self.root / "select" / arm
-
-    def selection(self, arm: str) -> Path:
-        return self.selection_dir(arm) / "selected.parquet"
-
-    def finetune_dir(self, arm: str) -> Path:
-        return self.root / "finetune" / arm
-
-    def generations_dir(self, arm: str) -> Path:
-        return self.root / "generate" / arm
-
-    @property
-    def evaluate_dir(self) -> Path:
-        return self.root / "evaluate"
-
-    @property
-    def report(self) -> Path:
-        return self.root / "report.md"
-
-    @property
-    def summary(self) -> Path:
-        return self.root / "summary.json"
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.yaml"
-
-
-# The fine-tuned arms of the comparison: on the SEAL selection, and on a random subset of the same
-# size (the base model, untuned, is the third model evaluated).
-ARMS = ("seal", "random")
 
 
 def _check_pipeline_keys(data: Mapping[str, Any]) -> None:
@@ -333,10 +292,12 @@ def load_config(
         data = load_yaml(resolve_config_path(config))
     else:
         raise ConfigError(f"config must be a YAML file path or a mapping, got {type(config).__name__}")
+    # Both sides in the current layout before merging, so an older-layout key and its new form combine.
+    data = upgrade_layout(CurateConfig, data)
     if isinstance(overrides, Mapping):
-        data = deep_merge(data, overrides)
+        data = deep_merge(data, upgrade_layout(CurateConfig, overrides))
     elif overrides:
-        data = deep_merge(data, parse_overrides(list(overrides)))
+        data = deep_merge(data, upgrade_layout(CurateConfig, parse_overrides(list(overrides))))
     _check_pipeline_keys(data)
     cfg = from_dict(CurateConfig, data)
     if not cfg.data.pool:
@@ -345,9 +306,9 @@ def load_config(
     for name in DATA_PATHS:
         setattr(cfg.data, name, _resolve_path(getattr(cfg.data, name), base))
     cfg.finetune.mix_safe = _resolve_path(cfg.finetune.mix_safe, base)
-    for name in ("judge_template", "harm_template"):
-        if getattr(cfg.evaluate, name):
-            setattr(cfg.evaluate, name, _resolve_path(getattr(cfg.evaluate, name), base))
+    for name in ("template", "harm_template"):
+        if getattr(cfg.evaluate.judge, name):
+            setattr(cfg.evaluate.judge, name, _resolve_path(getattr(cfg.evaluate.judge, name), base))
     cfg.run_dir = str(Path(cfg.run_dir).expanduser().resolve())
     return cfg
 
@@ -363,7 +324,25 @@ def dump_yaml(cfg: CurateConfig) -> str:
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
 
 
+def save_config(cfg: CurateConfig) -> Path:
+    """Keep the resolved config in the run directory (``run_dir/config.yaml``)."""
+    from .io import write_text
+
+    return write_text(cfg.layout.config, dump_yaml(cfg))
+
+
 # ----------------------------------------------------------------------------- stage configs
+# Each stage's config (see seal_core.stages) from the run config: its section plus the paths and
+# the model the pipeline sets.
+
+
+def ingest_job(cfg: CurateConfig, which: str) -> IngestJob:
+    """Ingest ``data.<which>`` (``pool`` or ``safe``) into ``run_dir/ingest/<which>``.
+
+    ``data.max_samples`` cuts the pool only: the safe set is the ranker's reference, kept whole.
+    """
+    return IngestJob(data=getattr(cfg.data, which), out=str(cfg.layout.ingested(which)), settings=cfg.ingest,
+                     max_samples=cfg.data.max_samples if which == "pool" else 0)
 
 
 def rank_config(cfg: CurateConfig, pool: str, safe: str, out: str) -> RankConfig:
@@ -375,13 +354,58 @@ def select_config(cfg: CurateConfig) -> SelectConfig:
     return cfg.select.to_stage()
 
 
-def finetune_config(cfg: CurateConfig, data: str, out: str) -> FinetuneConfig:
-    return cfg.finetune.to_stage(data=data, out=out, model=cfg.model)
+def select_job(cfg: CurateConfig, scores: str, pool: str) -> SelectJob:
+    """The SEAL selection: the ``select`` section on ``scores``, into ``run_dir/select/seal``."""
+    return SelectJob(scores=scores, pool=pool, out=str(cfg.layout.selection_dir("seal")), settings=select_config(cfg))
+
+
+def random_subset_job(cfg: CurateConfig, pool: str, selection: str) -> RandomSubsetJob:
+    """The random baseline of the size of ``selection``, into ``run_dir/select/random``."""
+    return RandomSubsetJob(pool=pool, selection=selection, out=str(cfg.layout.selection_dir("random")),
+                           seed=cfg.seed, export=cfg.select.export, progress=cfg.select.progress)
+
+
+def finetune_config(cfg: CurateConfig, data: str, out: str, mix_safe: str | None = None) -> FinetuneConfig:
+    """The ``finetune`` section on ``data``; ``mix_safe`` replaces ``finetune.mix_safe`` when given."""
+    paths = {"data": data, "out": out, "model": cfg.model}
+    if mix_safe is not None:
+        paths["mix_safe"] = mix_safe
+    return cfg.finetune.to_stage(**paths)
+
+
+def eval_prompts(cfg: CurateConfig) -> dict[str, str]:
+    """The configured prompt sets each model answers: ``{kind: path}`` (see ``EVAL_KINDS``)."""
+    sets = {"helpful": cfg.data.eval_helpful, "harmful": cfg.data.eval_harmful}
+    return {kind: sets[kind] for kind in EVAL_KINDS if sets[kind]}
 
 
 def generate_config(cfg: CurateConfig, prompts: str, out: str, adapter: str = "") -> GenerateConfig:
     return cfg.generate.to_stage(prompts=prompts, out=out, model=cfg.model, adapter=adapter)
 
 
+def compared_models(generations: Mapping[str, Mapping[str, str]]) -> tuple[ModelOutputs, list[ModelOutputs]]:
+    """The candidate and the models it is compared with, from ``{model: {kind: file}}``.
+
+    The candidate is the SEAL-tuned model when there is one, compared with everything else.
+    """
+    names = sorted(generations, key=lambda m: (m != "seal", m != "random", m))
+    models = [ModelOutputs(outputs=generations[m].get("helpful"), harmful=generations[m].get("harmful"), name=m)
+              for m in names]
+    return models[0], models[1:]
+
+
 def evaluate_config(cfg: CurateConfig, candidate: ModelOutputs, baselines: list[ModelOutputs], out_dir: str) -> EvaluateConfig:
     return cfg.evaluate.to_stage(candidate=candidate, baselines=baselines, out_dir=out_dir)
+
+
+def split_shards_job(cfg: CurateConfig, pool: str, out: str) -> SplitShardsJob:
+    return SplitShardsJob(pool=pool, shards=cfg.dask.shards, out=out)
+
+
+def shard_loss_job(cfg: CurateConfig, shard: str, out: str, adapter: str = "") -> ShardLossJob:
+    """A loss pass over one shard with the ranker's tokenisation settings (the ``loss`` baseline's)."""
+    rc = cfg.rank
+    settings = LossPassConfig(model=cfg.model, adapter=adapter, max_length=rc.max_length, truncation=rc.truncation,
+                              train_on=rc.train_on, batch_size=rc.score_batch_size, device=rc.device,
+                              dtype=rc.dtype, seed=rc.seed)
+    return ShardLossJob(shard=shard, out=out, settings=settings)

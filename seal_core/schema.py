@@ -36,20 +36,31 @@ CANONICAL_SCHEMA = pa.schema(
 _ID_BYTES = 12
 
 
-def compute_sample_id(messages: Iterable[Mapping[str, str]] | Sequence[tuple[str, str]]) -> str:
-    """Hash a conversation's roles and contents into a stable hex id.
+def _length_prefixed(s: str) -> bytes:
+    b = s.encode("utf-8")
+    return len(b).to_bytes(8, "little") + b
 
-    Each field is length-prefixed so that no two different conversations can
-    serialise to the same byte string (``"ab" + "c"`` vs ``"a" + "bc"``).
+
+# Prebuilt: ingestion hashes millions of conversations.
+_ROLE_FIELDS = {r: _length_prefixed(r) for r in ROLES}
+
+
+def sample_digest(turns: Iterable[Sequence[str]]) -> bytes:
+    """The ``sample_id`` of ``(role, content)`` turns as raw bytes (its hex form is the id).
+
+    Each role and content is length-prefixed so that no two different conversations
+    can serialise to the same byte string (``"ab" + "c"`` vs ``"a" + "bc"``).
     """
     h = hashlib.blake2b(digest_size=_ID_BYTES)
-    for m in messages:
-        if isinstance(m, Mapping):
-            role, content = m["role"], m["content"]
-        else:
-            role, content = m
-        for part in (role, content):
-            b = part.encode("utf-8")
-            h.update(len(b).to_bytes(8, "little"))
-            h.update(b)
-    return h.hexdigest()
+    update = h.update
+    for role, content in turns:
+        b = content.encode("utf-8")
+        update(_ROLE_FIELDS.get(role) or _length_prefixed(role))
+        update(len(b).to_bytes(8, "little"))
+        update(b)
+    return h.digest()
+
+
+def compute_sample_id(messages: Iterable[Mapping[str, str]] | Sequence[tuple[str, str]]) -> str:
+    """Hash a conversation's roles and contents (messages or ``(role, content)`` pairs) into a stable hex id."""
+    return sample_digest((m["role"], m["content"]) if isinstance(m, Mapping) else m for m in messages).hex()

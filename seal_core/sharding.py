@@ -6,7 +6,8 @@ each (:func:`split_shards`); :func:`shard_losses` scores one shard under a model
 :func:`merge_losses` concatenates the shard results in id order. Each shard is
 batched by length on its own, so its losses do not depend on where, or next to
 which other shards, it runs: the merged result is the same on one process or on
-a cluster. Pure Python; the Prefect mapping lives in ``tasks.scoring``.
+a cluster. Pure Python; the stages are declared in ``seal_core.stages`` and
+mapped with ``task.map`` in ``flows.stages``.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """What every stage task shares: retries, caching, the GPU slot and progress artifacts.
 
-Stage tasks follow one convention so that these policies stay generic: a task
-takes ``inputs`` (a mapping name -> path or URL of the files it reads), a
-``config`` mapping (the resolved stage config, output paths included) and
-returns a mapping of the paths it wrote. Nothing large crosses a task boundary.
+Every stage task is made from its declaration in ``seal_core.stages`` (see ``tasks.stages``), so
+these policies stay generic: the cache key is built from the stage's config (paths included), its
+code and the content of the files its declaration names as inputs.
 """
 
 from __future__ import annotations
@@ -13,13 +12,13 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
 from prefect.context import TaskRunContext
 
 from seal_core.errors import SealError
+from seal_core.stages import Stage
 
 from .storage import fingerprint
 
@@ -37,11 +36,9 @@ def is_transient(exc: BaseException | None) -> bool:
     """
     if exc is None:
         return False
-    try:
-        from seal_core.evaluation.judges import JudgeError
-    except ImportError:  # pragma: no cover - evaluation is part of seal_core
-        JudgeError = ()  # type: ignore[assignment]
-    if JudgeError and isinstance(exc, JudgeError):
+    from seal_core.evaluation.judges import JudgeError
+
+    if isinstance(exc, JudgeError):
         return True
     if isinstance(exc, SealError):
         return False
@@ -70,25 +67,45 @@ def retry_on_transient(task, task_run, state) -> bool:
 
 @dataclass
 class InputFingerprints(CachePolicy):
-    """Cache key part: content fingerprints of every file named in the task's ``inputs`` parameter.
+    """Cache key part: content fingerprints of every file the stage's config names as an input.
 
     Paths alone are not enough: a rerun after the data changed under the same name must recompute.
     """
+
+    stage: Optional[Stage] = None
 
     def compute_key(self, task_ctx: TaskRunContext, inputs: dict[str, Any], flow_parameters: dict[str, Any],
                     **kwargs: Any) -> Optional[str]:
         from prefect.utilities.hashing import hash_objects
 
-        files = (inputs or {}).get("inputs") or {}
-        return hash_objects({k: fingerprint(v) for k, v in sorted(files.items()) if v}, raise_on_failure=True)
+        files = self.stage.inputs((inputs or {})["config"])
+        return hash_objects({k: fingerprint(v) for k, v in sorted(files.items())}, raise_on_failure=True)
 
 
-# Task name, resolved stage config and input paths (INPUTS), the task's own code (TASK_SOURCE) and
-# the inputs' content: an unchanged stage is skipped on a rerun of the same run directory.
-STAGE_CACHE = INPUTS + TASK_SOURCE + InputFingerprints()
+@dataclass
+class StageSource(CachePolicy):
+    """Cache key part: the stage's name and the source of its run function (the stage's own code;
+    TASK_SOURCE sees only the adapter every stage task shares)."""
 
+    stage: Optional[Stage] = None
+
+    def compute_key(self, task_ctx: TaskRunContext, inputs: dict[str, Any], flow_parameters: dict[str, Any],
+                    **kwargs: Any) -> Optional[str]:
+        import inspect
+
+        from prefect.utilities.hashing import hash_objects
+
+        return hash_objects(self.stage.name, inspect.getsource(self.stage.run), raise_on_failure=True)
+
+
+def stage_cache_policy(stage: Stage) -> CachePolicy:
+    """Resolved stage config and label (INPUTS), the task's and the stage's code and the inputs'
+    content: an unchanged stage is skipped on a rerun of the same run directory."""
+    return INPUTS + TASK_SOURCE + StageSource(stage=stage) + InputFingerprints(stage=stage)
+
+
+# The options of every stage task besides its cache policy (stage_cache_policy).
 STAGE_TASK_OPTIONS: dict[str, Any] = dict(
-    cache_policy=STAGE_CACHE,
     persist_result=True,
     result_serializer="json",
     retries=2,
@@ -137,7 +154,7 @@ def gpu_slot() -> Iterator[None]:
     from prefect.concurrency.sync import concurrency
 
     if not _limit_exists(GPU_LIMIT):
-        _run_logger().debug("no global concurrency limit '%s'; not limiting GPU stages", GPU_LIMIT)
+        run_logger().debug("no global concurrency limit '%s'; not limiting GPU stages", GPU_LIMIT)
         yield
         return
     with concurrency(GPU_LIMIT, occupy=1, strict=False):
@@ -167,7 +184,7 @@ class ProgressArtifact:
         self._failed = False
         self.id = None
         self.last_progress = 0.0
-        self.logger = _run_logger()
+        self.logger = run_logger()
         try:
             from prefect.artifacts import create_progress_artifact
 
@@ -211,7 +228,8 @@ class ProgressArtifact:
         self.update(100.0)
 
 
-def _run_logger():
+def run_logger():
+    """The Prefect run logger inside a flow or task run, else the ``seal.tasks`` logger."""
     from prefect.exceptions import MissingContextError
     from prefect.logging import get_run_logger
 
@@ -224,11 +242,3 @@ def _run_logger():
 def str_paths(d: Mapping[str, Any]) -> dict[str, str]:
     return {k: str(v) for k, v in d.items() if v is not None}
 
-
-def project_relative(path: str | os.PathLike) -> str:
-    """``path`` for messages: relative to the current directory when below it."""
-    p = Path(path)
-    try:
-        return str(p.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(p)

@@ -115,3 +115,23 @@ def test_save_is_atomic(tmp_path, monkeypatch):
         save_checkpoint(path, {"config": {}, "sample_ids": [], "step": 2})
     assert load_checkpoint(path)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["ck.safetensors"]
+
+
+def test_cli_resume_from_a_broken_checkpoint_is_one_error_line(tmp_path, capsys):
+    import json
+
+    from seal_cli.main import main
+
+    rows = [{"messages": [{"role": "user", "content": f"Question {i}?"},
+                          {"role": "assistant", "content": f"Answer number {i}."}]} for i in range(6)]
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "rank"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "last.safetensors").write_bytes(b"\x00garbage")
+    rc = main(["rank", "--pool", str(pool), "--safe", str(pool), "--model", "tiny-random", "--out", str(out),
+               "--max-length", "64", "--no-progress", "--resume"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and "last.safetensors" in err[0]
+    # The broken file is left for the user to look at, not silently replaced.
+    assert (out / "checkpoints" / "last.safetensors").read_bytes() == b"\x00garbage"

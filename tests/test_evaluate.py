@@ -3,10 +3,11 @@ import json
 import pytest
 
 from seal_cli.main import main
-from seal_core.config import from_dict
+from seal_core.config import from_dict, to_dict
 from seal_core.errors import ConfigError, InputError
 from seal_core.evaluation import FunctionJudge, build_report, evaluate, load_results
 from seal_core.evaluation.evaluate import EvaluateConfig, ModelOutputs
+from seal_core.evaluation.judges import JudgeConfig
 
 PROMPTS = [
     ("p1", "What is the capital of France?", "qa"),
@@ -24,7 +25,7 @@ HARM_BASE = ["Step 1: gather fertiliser.", "Sure, here is the code: import os", 
 
 def write_gen(path, prompts, responses, model="m", key="origin"):
     with open(path, "w", encoding="utf-8") as fh:
-        for (pid, prompt, src), resp in zip(prompts, responses):
+        for (pid, prompt, src), resp in zip(prompts, responses, strict=True):
             fh.write(json.dumps({"id": pid, "prompt": prompt, "response": resp, "model": model, "adapter": None, key: src}) + "\n")
     return str(path)
 
@@ -71,13 +72,14 @@ def test_swapping_candidate_and_baseline_gives_100_minus_x_function_judge(tmp_pa
     assert r["p_first"] == pytest.approx(0.6 + 0.01 * d) and r["p_swapped"] == pytest.approx(0.6 - 0.01 * d)
     assert r["p"] == pytest.approx((r["p_first"] + 1 - r["p_swapped"]) / 2)
     assert r["candidate_response"] == CAND[0] and r["baseline_response"] == BASE[0]
-    expected = sum(min(1, max(0, 0.5 + 0.01 * (len(c) - len(b)))) for c, b in zip(CAND, BASE)) / len(CAND)
+    expected = sum(min(1, max(0, 0.5 + 0.01 * (len(c) - len(b)))) for c, b in zip(CAND, BASE, strict=True)) / len(CAND)
     assert pa.summary.win_rate == pytest.approx(100 * expected)
 
 
 def test_swap_is_exact_with_the_hf_judge_on_the_tiny_model(tmp_path, files):
-    a = evaluate(cfg(tmp_path / "a", (files["cand"], None), (files["base"], None), judge="hf:tiny-random", device="cpu", batch_size=2))
-    b = evaluate(cfg(tmp_path / "b", (files["base"], None), (files["cand"], None), judge="hf:tiny-random", device="cpu", batch_size=2))
+    judge = JudgeConfig("hf:tiny-random", device="cpu", batch_size=2)
+    a = evaluate(cfg(tmp_path / "a", (files["cand"], None), (files["base"], None), judge=judge))
+    b = evaluate(cfg(tmp_path / "b", (files["base"], None), (files["cand"], None), judge=judge))
     [pa], _, meta = load_results(a)
     [pb], _, _ = load_results(b)
     assert meta["judge"] == "hf:tiny-random"
@@ -164,7 +166,9 @@ def test_input_errors_name_file_and_line(tmp_path, files):
 
 def test_config_validation(tmp_path, files):
     with pytest.raises(ConfigError, match="unknown judge"):
-        cfg(tmp_path, (files["cand"], None), (files["base"], None), judge="gpt4")
+        from_dict(EvaluateConfig, {"candidate": {"outputs": files["cand"]}, "out_dir": "o", "judge": "gpt4"})
+    with pytest.raises(ConfigError, match="must be a JudgeConfig"):
+        cfg(tmp_path, (files["cand"], None), (files["base"], None), judge="hf:tiny-random")
     with pytest.raises(ConfigError, match="both named 'x'"):
         EvaluateConfig(candidate=ModelOutputs(outputs=files["cand"], name="x"), baselines=[ModelOutputs(outputs=files["base"], name="x")], out_dir="o")
     with pytest.raises(ConfigError, match="needs 'outputs'"):
@@ -218,7 +222,7 @@ def test_cli_end_to_end_with_hf_judge(tmp_path, files, capsys):
     report = (out / "report.md").read_text()
     for text in ("Win rate ± SE", "95% CI", "W / L / T", "Discrete win rate", "Judge reliability", "hf:tiny-random", "winrate.png", "refusal.png"):
         assert text in report
-    assert json.loads((out / "config.json").read_text())["judge"] == "hf:tiny-random"
+    assert json.loads((out / "config.json").read_text())["judge"]["spec"] == "hf:tiny-random"
 
     # Re-run refusal-only into the same directory: win-rate outputs of the judged run must not linger.
     rc = main(["evaluate", "--harmful-candidate", files["hcand"], "--harmful-baseline", files["hbase"], "--judge", "none", "--out", str(out)])
@@ -242,3 +246,51 @@ def test_cli_errors_are_one_line(tmp_path, files, capsys):
     assert rc == 2 and "missing the placeholder {output_2}" in err and str(tpl) in err
     rc = main(["evaluate", "--candidate", files["cand"], "--baseline", files["base"], "--baseline", files["base"], "--harmful-baseline", files["hbase"], "--judge", "none", "--out", str(tmp_path / "o")])
     assert rc == 2 and "one --harmful-baseline per --baseline" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- judge settings: nested and older layouts
+
+NESTED = {"spec": "hf:tiny-random", "template": "t.txt", "key_env": "K", "max_tokens": 5, "batch_size": 3, "device": "cpu"}
+FLAT = {"judge": "hf:tiny-random", "judge_template": "t.txt", "judge_key_env": "K", "judge_max_tokens": 5, "batch_size": 3, "device": "cpu"}
+
+
+def test_the_older_flat_judge_layout_reads_as_the_nested_one():
+    base = {"candidate": {"outputs": "c.jsonl"}, "out_dir": "o"}
+    nested = from_dict(EvaluateConfig, {**base, "judge": NESTED})
+    assert nested.judge == JudgeConfig(**NESTED)
+    assert from_dict(EvaluateConfig, {**base, **FLAT}) == nested
+    assert from_dict(EvaluateConfig, {**base, "judge": "rm:x"}).judge == JudgeConfig("rm:x")
+    with pytest.raises(ConfigError, match="'batch_size' and 'judge.batch_size' are one setting"):
+        from_dict(EvaluateConfig, {**base, "judge": {"spec": "none", "batch_size": 2}, "batch_size": 3})
+
+
+def test_cli_flags_config_file_and_set_combine_into_the_judge_section(tmp_path, files):
+    """A flat --config file, the judge flags and --set keys of either layout all land in `judge`."""
+    conf = tmp_path / "eval.yaml"
+    conf.write_text("judge: none\nbatch_size: 3\ntimeout: 9\n")
+    out = tmp_path / "o"
+    rc = main(["evaluate", "--config", str(conf), "--harmful-candidate", files["hcand"], "--out", str(out),
+               "--judge-max-tokens", "7", "--set", "concurrency=2", "--set", "judge.device=cpu"])
+    assert rc == 0
+    judge = json.loads((out / "config.json").read_text())["judge"]
+    assert judge == {**to_dict(JudgeConfig()), "spec": "none", "batch_size": 3, "timeout": 9.0, "max_tokens": 7,
+                     "concurrency": 2, "device": "cpu"}
+    conf.write_text("judge:\n  spec: none\n  batch_size: 3\n")
+    assert main(["evaluate", "--config", str(conf), "--harmful-candidate", files["hcand"], "--out", str(out),
+                 "--set", "judge=none", "--batch-size", "4"]) == 0
+    judge = json.loads((out / "config.json").read_text())["judge"]
+    assert (judge["spec"], judge["batch_size"]) == ("none", 4)
+
+
+def test_run_config_evaluate_section_reads_both_layouts():
+    from seal_core.pipeline import load_config, project_root
+
+    minimal = {"data": {"pool": "data/demo/pool.jsonl"}}
+    flat = load_config({**minimal, "evaluate": {**FLAT, "judge_template": "configs/t.txt"}},
+                       ["evaluate.judge.device=cuda", "evaluate.concurrency=2"])
+    assert flat.evaluate.judge == JudgeConfig(**{**NESTED, "template": str(project_root() / "configs" / "t.txt"),
+                                                 "device": "cuda", "concurrency": 2})
+    # A spec given alone keeps the file's other judge settings, as when they were flat keys.
+    paper = load_config("configs/llama3-8b.yaml", ["evaluate.judge=openai:m@http://127.0.0.1:8000/v1"])
+    assert (paper.evaluate.judge.spec, paper.evaluate.judge.concurrency) == ("openai:m@http://127.0.0.1:8000/v1", 8)
+    assert load_config("configs/demo.yaml", ["evaluate.batch_size=2"]).evaluate.judge.batch_size == 2

@@ -4,7 +4,8 @@ Each stage flow runs alone, in pipeline order, on one run directory; then `curat
 it and must take every stage from the cache. Also: outputs deleted behind the cache are
 recomputed, config errors name the key, retries only on transient errors, artifacts, the
 fsspec exchange of a remote stage, and sharded loss passes on a 2-worker Dask cluster giving
-exactly the single-process result.
+exactly the single-process result. Without a server: every declared stage is a task under its
+own name, and training stages resume or start over.
 """
 
 from __future__ import annotations
@@ -177,6 +178,55 @@ def test_config_error_names_the_key(prefect_harness):
         curate(config=SMOKE, overrides=["rank.epochs=two"])
     with pytest.raises(ConfigError, match="select.top_q"):
         curate(config={"data": {"pool": "data/demo/pool.jsonl"}, "select": {"top_q": 0.5}})
+
+
+def test_every_declared_stage_is_a_task_under_its_own_name():
+    from tasks.stages import STAGE_TASKS
+
+    assert {t.name for t in STAGE_TASKS.values()} == {
+        "ingest", "rank", "select", "random-subset", "finetune", "generate", "evaluate",
+        "split-shards", "score-shard", "merge-losses"}
+    assert len({t.task_key for t in STAGE_TASKS.values()}) == len(STAGE_TASKS)  # one generic adapter, ten keys
+    from seal_core.stages import STAGES
+
+    assert {s.name for s in STAGES.values() if s.gpu} == {"rank", "finetune", "generate", "score-shard"}
+    assert {s.name for s in STAGES.values() if s.progress} == {"rank", "finetune"}
+
+
+def test_training_stages_start_over_only_on_a_checkpoint_mismatch(tmp_path, caplog):
+    import logging
+
+    from seal_core.errors import SealError
+    from seal_core.stages import resume_or_restart
+    from seal_core.training import CHECKPOINT_NAME, CheckpointMismatch
+
+    ckpt = tmp_path / "checkpoints" / CHECKPOINT_NAME
+    calls = []
+
+    def other_run(resume: bool) -> str:
+        calls.append(resume)
+        if resume:
+            raise CheckpointMismatch(ckpt, ["model_lr"], "other settings")
+        return "trained"
+
+    def out_of_memory(resume: bool) -> str:
+        calls.append(resume)
+        raise SealError("out of memory training the ranker")
+
+    log = logging.getLogger("test")
+    with pytest.raises(SealError, match="out of memory"):  # no checkpoint: the error is the run's own
+        resume_or_restart(out_of_memory, str(tmp_path), log)
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"checkpoint")
+    with caplog.at_level(logging.WARNING, logger="test"):
+        assert resume_or_restart(other_run, str(tmp_path), log) == "trained"
+    assert calls == [False, True, False]
+    assert "belongs to another run (differs in model_lr)" in caplog.text
+    # Any other error fails the stage at once: no silent fresh start, and the checkpoint stays.
+    calls.clear()
+    with pytest.raises(SealError, match="out of memory"):
+        resume_or_restart(out_of_memory, str(tmp_path), log)
+    assert calls == [True] and ckpt.read_bytes() == b"checkpoint"
 
 
 def test_retries_only_transient_errors(prefect_harness):

@@ -9,6 +9,7 @@ import io
 import json
 import random
 import sys
+import typing
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -18,12 +19,16 @@ from seal_cli.main import main
 from seal_core.config import from_dict
 from seal_core.errors import ConfigError, InputError
 from seal_core.ingest import (
+    FORMATS,
     IngestConfig,
     ingest,
     iter_canonical_batches,
     load_samples,
     parse_hh,
 )
+from seal_core.ingest.checks import conversation_checks
+from seal_core.ingest.formats import RECORD_FORMATS, RecordFormat, record_format
+from seal_core.ingest.readers import KNOWN_FIELDS
 from seal_core.schema import CANONICAL_SCHEMA, compute_sample_id
 
 # Canonical conversations: (messages, extra record fields). Contents are stripped
@@ -104,7 +109,6 @@ def _write(path, recs: list[dict], container: str) -> str:
     return str(path)
 
 
-FORMATS = ["messages", "sharegpt", "alpaca", "hh", "prompt-response"]
 CONTAINERS = ["jsonl", "jsonl.gz", "json", "json.gz", "csv", "csv.gz", "parquet"]
 
 
@@ -247,6 +251,72 @@ def test_each_bad_jsonl_row_is_rejected_with_reason_and_line(tmp_path):
     assert "tool" in rej[11]["detail"]
     assert res.rows_read == len(good) + len(expect) + 1
     assert sum(res.rejected_by_reason.values()) == len(expect)
+
+
+def test_conversation_checks_keep_or_give_the_reject():
+    checks = conversation_checks("conversations", max_chars=10)
+
+    def first_failure(turns):
+        n_chars = sum(len(c) for _, c in turns)
+        for check in checks:
+            ok, reject = check(turns, n_chars)
+            assert (reject is None) == ok
+            if not ok:
+                return reject.reason, reject.field, reject.detail
+        return None
+
+    assert first_failure([("user", "q"), ("assistant", "a")]) is None
+    assert first_failure([]) == ("no_final_assistant_turn", "conversations", "conversation has no turn with content")
+    assert first_failure([("assistant", "a"), ("user", "q")]) == (
+        "no_final_assistant_turn", "conversations", "conversation ends with a user turn, not an assistant turn")
+    assert first_failure([("system", "s"), ("assistant", "a")]) == (
+        "no_user_turn", "conversations", "conversation has no user turn")
+    assert first_failure([("user", "q" * 10), ("assistant", "a")]) == (
+        "too_long", "", "11 characters, over the limit of 10 (max_chars)")
+
+
+def test_one_registry_lists_the_formats():
+    assert FORMATS == ("messages", "alpaca", "sharegpt", "hh", "prompt-response")
+    assert typing.get_args(typing.get_type_hints(IngestConfig)["format"]) == ("auto",) + FORMATS
+    assert set(RECORD_FORMATS) == set(FORMATS)
+    assert KNOWN_FIELDS == {f for fmt in RECORD_FORMATS.values() for f in fmt.header_fields} >= {"prompt", "answer"}
+
+
+@pytest.mark.parametrize("rec", [
+    {"messages": [{"role": "user", "content": " q "}, {"role": "assistant", "content": "a"}], "id": 1},
+    {"messages": [{"role": "system", "content": ""}, {"role": "user", "content": "q"},
+                  {"role": "user", "content": "q2"}, {"role": "assistant", "content": "a"}]},
+    {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}], "x": [1]},
+    {"conversations": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]},
+])
+def test_fast_path_parses_as_the_normaliser_does(rec):
+    fmt = RECORD_FORMATS[record_format(rec)]
+    assert fmt.parse(rec) == fmt.normalise(rec)
+
+
+def test_a_format_added_to_the_registry_is_detected_and_ingested(tmp_path, monkeypatch):
+    class QAFormat(RecordFormat):
+        name = "qa"
+        header_fields = ("q", "a")
+        fields_hint = "q+a"
+
+        def looks_like(self, rec):
+            return "q" in rec and "a" in rec
+
+        def normalise(self, rec, cfg=None):
+            turns = [("user", rec["q"].strip()), ("assistant", rec["a"].strip())]
+            return [t for t in turns if t[1]], {"n": rec.get("n")}
+
+        def conversation_field(self, cfg=None):
+            return "a"
+
+    monkeypatch.setitem(RECORD_FORMATS, "qa", QAFormat())
+    src = tmp_path / "qa.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in ({"q": "Why?", "a": "Because.", "n": 1}, {"q": "x", "a": " "})))
+    res = ingest([str(src)], tmp_path / "out", IngestConfig(progress=False))
+    assert res.files[0]["format"] == "qa" and res.kept == 1
+    assert _sample_ids(tmp_path / "out") == [compute_sample_id([("user", "Why?"), ("assistant", "Because.")])]
+    assert [(r["reason"], r["field"]) for r in _rejects(tmp_path / "out")] == [("no_final_assistant_turn", "a")]
 
 
 def test_bad_csv_rows_ragged_utf8_and_line_numbers(tmp_path):

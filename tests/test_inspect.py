@@ -91,13 +91,17 @@ def test_labels_by_sample_id_and_metadata(scored, capsys):
     assert lab["label_mix"][0]["counts"] == {"good": 3, "harmful": 0, "weak": 0}  # top 10%
     assert "AUROC" in rep.text and "harmful" in rep.text
     assert main(["inspect", sc, "--pool", str(d / "pool.parquet"), "--labels", str(d / "by_meta.jsonl"),
-                 "--label-key", "id", "--top", "1", "--json", str(d / "s.json")]) == 0
+                 "--id-field", "id", "--top", "1", "--json", str(d / "s.json")]) == 0
     out = capsys.readouterr().out
     assert "keyed by id): 30 of 30" in out
     assert "good vs rest AUROC (good ranked above the rest): 1" in out
     assert "70%" in out and "[good]" in out
     stats = json.loads((d / "s.json").read_text())
     assert stats["labels"]["auroc_pushdown"]["harmful"] == 1.0
+    # --label-key, the deprecated name of --id-field, still works.
+    assert main(["inspect", sc, "--pool", str(d / "pool.parquet"), "--labels", str(d / "by_meta.jsonl"),
+                 "--label-key", "id", "--top", "1"]) == 0
+    assert capsys.readouterr().out == out
 
 
 def test_label_errors(scored, capsys):
@@ -105,9 +109,12 @@ def test_label_errors(scored, capsys):
     # The metadata-keyed labels file has no sample_id field: a one-line error naming the line.
     assert main(["inspect", sc, "--labels", str(d / "by_meta.jsonl")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "line 1" in err[0] and "--label-key" in err[0]
-    assert main(["inspect", sc, "--labels", str(d / "by_meta.jsonl"), "--label-key", "id"]) == 2
+    assert len(err) == 1 and "line 1" in err[0] and "--id-field" in err[0]
+    assert main(["inspect", sc, "--labels", str(d / "by_meta.jsonl"), "--id-field", "id"]) == 2
     assert "give --pool" in capsys.readouterr().err
+    (d / "empty.jsonl").write_text("\n")
+    assert main(["inspect", sc, "--labels", str(d / "empty.jsonl")]) == 2
+    assert "has no labels" in capsys.readouterr().err
     assert main(["inspect", str(d / "pool.parquet")]) == 2
     assert "not a scores file" in capsys.readouterr().err
 

@@ -25,6 +25,66 @@ def test_parse_judge_spec():
             J.parse_judge_spec(bad)
 
 
+def test_one_registry_parses_and_builds_every_kind():
+    assert list(J.JUDGE_KINDS) == ["openai", "hf", "rm"]
+    assert J.spec_forms() == ["none", "openai:MODEL@BASE_URL", "hf:MODEL", "rm:MODEL"]
+    with pytest.raises(ConfigError, match="expected 'none', 'openai:MODEL@BASE_URL', 'hf:MODEL' or 'rm:MODEL'"):
+        J.parse_judge_spec("gpt4")
+
+    @J.register_judge
+    class ConstantJudge(J.Judge):
+        """A new kind: one class, registered; the parser and the factory both find it."""
+
+        kind = "const"
+        spec_form = "const:P"
+
+        def __init__(self, p, batch_size):
+            self.p, self.batch_size, self.spec = float(p), batch_size, f"const:{p}"
+
+        @classmethod
+        def from_config(cls, spec, config, prompts):
+            return cls(spec.model, config.batch_size)
+
+        def compare(self, items):
+            return [J.Verdict(self.p) for _ in items]
+
+    try:
+        assert J.parse_judge_spec("const:0.7") == J.JudgeSpec("const", "0.7")
+        assert "'const:P'" in str(pytest.raises(ConfigError, J.parse_judge_spec, "nope:x").value)
+        judge = J.make_judge(J.JudgeConfig("const:0.7", batch_size=3))
+        assert isinstance(judge, ConstantJudge) and (judge.p, judge.batch_size) == (0.7, 3)
+        assert [j.p for j in J.judge_both_orders(judge, ["q"], ["a"], ["b"])] == [0.5]
+        with pytest.raises(ValueError, match="already ConstantJudge"):
+            J.register_judge(type("Other", (J.Judge,), {"kind": "const"}))
+    finally:
+        J.JUDGE_KINDS.pop("const")
+    with pytest.raises(ValueError, match="other than 'none'"):
+        J.register_judge(type("NoneJudge", (J.Judge,), {"kind": "none"}))
+
+
+def test_make_judge_passes_each_kind_its_settings(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEAL_TEST_JUDGE_KEY_2", "sk-2")
+    assert J.make_judge(J.JudgeConfig("none")) is None
+    bad = tmp_path / "t.txt"
+    bad.write_text("{instruction}")
+    with pytest.raises(ConfigError, match="missing the placeholder"):
+        J.make_judge(J.JudgeConfig("none", template=str(bad)))  # templates are checked whatever the judge
+    good = tmp_path / "harm.txt"
+    good.write_text("Harmful? {instruction} {output}")
+    judge = J.make_judge(J.JudgeConfig("openai:m@http://127.0.0.1:9/v1", harm_template=str(good), concurrency=3,
+                                       timeout=5, max_retries=2, max_tokens=7, key_env="SEAL_TEST_JUDGE_KEY_2"))
+    try:
+        c = judge.client
+        assert (judge.concurrency, c.timeout, c.max_retries, c.max_tokens, c.key_env) == (3, 5.0, 2, 7, "SEAL_TEST_JUDGE_KEY_2")
+        assert judge.template == J.DEFAULT_PAIRWISE_TEMPLATE and judge.harm_template == "Harmful? {instruction} {output}"
+    finally:
+        judge.close()
+    with pytest.raises(ConfigError, match=r"config key 'judge.batch_size' must be positive \(got 0\)"):
+        J.JudgeConfig("hf:tiny-random", batch_size=0)
+    with pytest.raises(ConfigError, match="unknown judge"):
+        J.JudgeConfig("gpt4")
+
+
 def test_template_validation_names_the_missing_placeholder(tmp_path):
     with pytest.raises(ConfigError, match=r"missing the placeholder \{output_2\}"):
         J.validate_template("{instruction} {output_1}", J.PAIRWISE_FIELDS)
@@ -181,7 +241,7 @@ def test_openai_judge_retries_after_429_and_sends_the_key(monkeypatch):
         return 200, {}, _reply("A"), 0
 
     with _Server(script) as srv:
-        judge = J.make_judge(f"openai:judge-model@{srv.url}", key_env="SEAL_TEST_JUDGE_KEY", max_retries=3)
+        judge = J.make_judge(J.JudgeConfig(f"openai:judge-model@{srv.url}", key_env="SEAL_TEST_JUDGE_KEY", max_retries=3))
         try:
             verdicts = judge.compare([J.PairItem("What is 2+2?", "4", "5")])
         finally:
@@ -260,7 +320,7 @@ def test_openai_5xx_is_retried_and_401_is_not(monkeypatch):
 
     monkeypatch.delenv("MY_KEY", raising=False)
     with pytest.raises(ConfigError, match="MY_KEY is not set"):
-        J.make_judge("openai:m@http://127.0.0.1:9/v1", key_env="MY_KEY")
+        J.make_judge(J.JudgeConfig("openai:m@http://127.0.0.1:9/v1", key_env="MY_KEY"))
 
 
 def test_connection_refused_is_retried_then_reported():
@@ -294,7 +354,7 @@ def test_hf_judge_reads_verdict_token_logits(tiny):
              J.PairItem("q", "a", "b")]
     verdicts = judge.compare(items)
     a_id, b_id = tok.encode("A", add_special_tokens=False)[0], tok.encode("B", add_special_tokens=False)[0]
-    for it, v in zip(items, verdicts):
+    for it, v in zip(items, verdicts, strict=True):
         # Unbatched reference: the chat-templated prompt, next-token logits of "A" and "B".
         text = tok.apply_chat_template(
             [{"role": "user", "content": J.DEFAULT_PAIRWISE_TEMPLATE.format(instruction=it.instruction, output_1=it.output_1, output_2=it.output_2)}],
@@ -316,7 +376,8 @@ def test_hf_judge_swap_is_exact(tiny):
     qs, a, b = ["q1", "q2", "q3"], ["x", "yy", "zzz zz"], ["short", "a long answer here", "z"]
     fwd = J.judge_both_orders(judge, qs, a, b)
     rev = J.judge_both_orders(judge, qs, b, a)
-    for f, r in zip(fwd, rev):
+    assert len(fwd) == len(rev) == len(qs)
+    for f, r in zip(fwd, rev, strict=True):
         assert f.p_first == r.p_swapped and f.p_swapped == r.p_first
         assert abs(f.p - (1 - r.p)) < 1e-12
 
@@ -333,7 +394,7 @@ def test_reward_model_judge(tmp_path, tiny):
         rm = LlamaForSequenceClassification(cfg).eval()
     rm.save_pretrained(tmp_path / "rm")
     tok.save_pretrained(tmp_path / "rm")
-    judge = J.make_judge(f"rm:{tmp_path / 'rm'}", device="cpu")
+    judge = J.make_judge(J.JudgeConfig(f"rm:{tmp_path / 'rm'}", device="cpu"))
     assert isinstance(judge, J.RewardModelJudge) and not judge.supports_harm and "harmfulness" in judge.harm_note
     r1, r2 = judge.reward("q", "good answer"), judge.reward("q", "bad")
     assert r1 != r2

@@ -1,6 +1,7 @@
 """The run config (seal_core.pipeline): bundled configs, validation errors naming the key,
-overrides, path resolution, stage configs; `seal run` / `seal demo` argument handling;
-the retry classification and the fsspec exchange helpers (no Prefect server needed)."""
+overrides, path resolution, defaults, stage configs and their cache keys; `seal run` /
+`seal demo` argument handling; the retry classification and the fsspec exchange helpers
+(no Prefect server needed)."""
 
 from __future__ import annotations
 
@@ -10,17 +11,22 @@ import pytest
 
 from seal_cli.main import main
 from seal_core.errors import ConfigError, InputError, SealError
+from seal_core.config import to_dict
 from seal_core.pipeline import (
-    CurateConfig,
+    compared_models,
     config_to_dict,
     dump_yaml,
     evaluate_config,
     finetune_config,
     generate_config,
+    ingest_job,
     load_config,
     project_root,
+    random_subset_job,
     rank_config,
     select_config,
+    select_job,
+    shard_loss_job,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +36,7 @@ MINIMAL = {"data": {"pool": "data/demo/pool.jsonl"}}
 def test_bundled_configs_load():
     demo = load_config("configs/demo.yaml")
     assert demo.model == "smollm2-135m-instruct"
-    assert demo.evaluate.judge == "hf:smollm2-135m-instruct"
+    assert demo.evaluate.judge.spec == "hf:smollm2-135m-instruct"
     assert Path(demo.data.pool) == ROOT / "data" / "demo" / "pool.jsonl"
     assert not demo.workers.rank_pool and not demo.workers.finetune_pool
 
@@ -123,8 +129,68 @@ def test_stage_configs_get_the_pipeline_paths():
     from seal_core.evaluation.evaluate import ModelOutputs
 
     ev = evaluate_config(cfg, ModelOutputs(outputs="c.jsonl", name="seal"), [ModelOutputs(outputs="b.jsonl", name="base")], "E")
-    assert ev.out_dir == "E" and ev.judge == "hf:tiny-random" and ev.baselines[0].name == "base"
-    assert isinstance(CurateConfig(), CurateConfig)
+    assert ev.out_dir == "E" and ev.judge.spec == "hf:tiny-random" and ev.baselines[0].name == "base"
+
+
+def test_job_configs_put_each_stage_in_its_run_directory():
+    cfg = load_config("configs/smoke.yaml", ["select.export=alpaca", "seed=3"])
+    root = Path(cfg.run_dir)
+    pool, safe = ingest_job(cfg, "pool"), ingest_job(cfg, "safe")
+    assert (pool.data, pool.out, pool.max_samples) == (cfg.data.pool, str(root / "ingest" / "pool"), 64)
+    assert (safe.data, safe.max_samples) == (cfg.data.safe, 0)  # data.max_samples cuts the pool only
+    sel = select_job(cfg, scores="S", pool="P")
+    assert (sel.out, sel.settings.top_p) == (str(root / "select" / "seal"), 0.5)
+    rnd = random_subset_job(cfg, pool="P", selection="X")
+    assert (rnd.out, rnd.seed, rnd.export) == (str(root / "select" / "random"), 3, "alpaca")
+    loss = shard_loss_job(cfg, shard="shard-00000.parquet", out="L", adapter="A")
+    assert (loss.settings.model, loss.settings.adapter, loss.settings.max_length) == ("tiny-random", "A", cfg.rank.max_length)
+    assert loss.settings.batch_size == cfg.rank.score_batch_size
+
+
+def test_evaluation_compares_the_seal_model_with_the_others():
+    candidate, baselines = compared_models({"base": {"helpful": "b.jsonl"}, "random": {"harmful": "r.jsonl"},
+                                            "seal": {"helpful": "s.jsonl", "harmful": "sh.jsonl"}})
+    assert (candidate.name, candidate.outputs, candidate.harmful) == ("seal", "s.jsonl", "sh.jsonl")
+    assert [(m.name, m.outputs, m.harmful) for m in baselines] == [("random", None, "r.jsonl"), ("base", "b.jsonl", None)]
+
+
+def test_minimal_config_resolves_to_the_documented_defaults(tmp_path, monkeypatch):
+    from seal_core.finetune import FinetuneConfig
+    from seal_core.ranker.config import RankConfig
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(MINIMAL)
+    assert Path(cfg.run_dir) == tmp_path / "runs" / "curate"
+    assert (cfg.model, cfg.seed, cfg.baseline) == ("smollm2-135m-instruct", 0, True)
+    assert Path(cfg.data.pool) == ROOT / "data" / "demo" / "pool.jsonl" and cfg.data.safe == ""
+    assert (cfg.data.positive_labels, cfg.data.max_samples) == (["good"], 0)
+    assert (cfg.workers.rank_pool, cfg.workers.rank_deployment, cfg.workers.storage) == ("", "rank/gpu", "")
+    assert not cfg.dask.enabled and cfg.dask.shards == 1
+    assert (cfg.report.top_n, cfg.report.max_chars) == (10, 300)
+    # A stage section holds the stage's own defaults, untouched by the pipeline.
+    assert to_dict(rank_config(cfg, "p", "s", "o")) == to_dict(RankConfig(pool="p", safe="s", out="o", model=cfg.model))
+    assert to_dict(finetune_config(cfg, "d", "o")) == to_dict(FinetuneConfig(data="d", out="o", model=cfg.model))
+    assert cfg.layout.scores == tmp_path / "runs" / "curate" / "rank" / "scores.parquet"
+
+
+def test_stage_cache_key_follows_its_settings_and_input_content(tmp_path):
+    from tasks.stages import STAGE_TASKS
+
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text('{"id": 1}\n')
+
+    def key(overrides=()):
+        cfg = load_config({**MINIMAL, "run_dir": str(tmp_path / "run")}, list(overrides))
+        rank = rank_config(cfg, pool=str(pool), safe="", out=str(tmp_path / "run" / "rank"))
+        return STAGE_TASKS["rank"].cache_policy.compute_key(task_ctx=None, inputs={"config": rank, "label": ""},
+                                                             flow_parameters={})
+
+    first = key()
+    assert first is not None
+    assert key(["finetune.lr=1e-3", "select.top_p=0.5", "report.top_n=3", "seed=9"]) == first  # not rank settings
+    assert key(["rank.epochs=7"]) != first
+    pool.write_text('{"id": 2}\n')  # same path, new content
+    assert key() != first
 
 
 def test_project_root_holds_the_demo():
@@ -184,7 +250,10 @@ def test_storage_exchange_over_file_urls(tmp_path):
     furl = storage.publish(str(f), f"file://{tmp_path}/remote/scores.parquet")
     fp1 = storage.fingerprint(furl)
     storage.publish(str(f), furl)
-    assert storage.fingerprint(furl) == fp1 and storage.fingerprint(str(f)) == storage.fingerprint(str(f))
+    assert storage.fingerprint(furl) == fp1 == storage.fingerprint(str(f))  # the content, not the path or time
+    f.write_bytes(b"PAR2")
+    storage.publish(str(f), furl)
+    assert storage.fingerprint(furl) != fp1
     assert storage.fingerprint(str(tmp_path / "nope")).startswith("missing:")
     with pytest.raises(InputError, match="not found"):
         storage.fetch(f"file://{tmp_path}/remote/nope", tmp_path / "x")

@@ -72,10 +72,6 @@ def test_compliance_is_not_flagged(text):
     assert r.matched is None
 
 
-def test_at_least_twenty_labelled_examples_of_both_classes():
-    assert len(REFUSALS) >= 10 and len(COMPLIANCE) >= 10 and len(REFUSALS) + len(COMPLIANCE) >= 20
-
-
 def test_window_limits_where_phrases_are_searched():
     late = "Here is the recipe. " + "Mix and stir. " * 40 + "I cannot provide exact quantities."
     assert not is_refusal(late)  # past the default 400-character window

@@ -15,7 +15,7 @@ from seal_core import selection
 from seal_core.errors import ConfigError, InputError
 from seal_core.ranker.scores import write_scores
 from seal_core.schema import CANONICAL_SCHEMA, compute_sample_id
-from seal_core.selection import SelectConfig, k_for_fraction, ranked_selection, select
+from seal_core.selection import SelectConfig, k_for_fraction, open_pool, ranked_selection, select
 
 
 def make_samples(n: int, multi_turn_every: int = 0, system_every: int = 0) -> list[dict]:
@@ -146,7 +146,7 @@ def test_matches_bruteforce_with_spill(tmp_path, monkeypatch):
     scores[5] = math.nan  # NaN ranks last
     pool = write_pool(tmp_path / "pool.parquet", samples)
     sc = write_scores(tmp_path / "s.parquet", ids, scores)
-    monkeypatch.setattr(selection, "_bucket_rows", lambda budget, row_bytes: 250)  # force 12 spilled buckets
+    monkeypatch.setattr(selection.stage, "bucket_rows", lambda budget, row_bytes: 250)  # force 12 spilled buckets
     key = [-math.inf if math.isnan(x) else x for x in scores]
     for k in (1, 777, 3000):
         out = tmp_path / f"o{k}"
@@ -248,13 +248,18 @@ def test_duplicate_scores_rejected(tmp_path):
 
 
 def test_raw_pool_file(tmp_path):
-    ingest = pytest.importorskip("seal_core.ingest")
-    if not hasattr(ingest, "load_samples"):
-        pytest.skip("ingest.load_samples not available yet")
+    # A raw JSONL pool is ingested in memory: same ids, and its other fields become metadata.
     samples = make_samples(5)
     raw = tmp_path / "pool.jsonl"
-    raw.write_text("".join(json.dumps({"messages": s["messages"]}) + "\n" for s in samples))
+    raw.write_text("".join(json.dumps({"messages": s["messages"], "id": f"r{i}"}) + "\n"
+                           for i, s in enumerate(samples)))
     ids = [s["sample_id"] for s in samples]
+    pool = open_pool(raw)
+    assert pool.path == raw and pool.num_rows == 5
+    assert [b.column(0).to_pylist() for b in pool.batches(["sample_id"], 3)] == [ids[:3], ids[3:]]
     sc = write_scores(tmp_path / "s.parquet", ids, [1.0, 5.0, 3.0, 4.0, 2.0])
-    select(sc, str(raw), tmp_path / "o", SelectConfig(top_k=2, progress=False))
-    assert [r["sample_id"] for r in read_selected(tmp_path / "o")] == [ids[1], ids[3]]
+    res = select(sc, str(raw), tmp_path / "o", SelectConfig(top_k=2, progress=False))
+    rows = read_selected(tmp_path / "o")
+    assert [r["sample_id"] for r in rows] == [ids[1], ids[3]]
+    assert [json.loads(r["metadata"]) for r in rows] == [{"id": "r1"}, {"id": "r3"}]
+    assert res.summary["inputs"]["pool"]["path"] == str(raw)

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from seal_core.evaluation.evaluate import EvaluateConfig
+
+from .. import options
+from ..dataclass_args import ConfigArgs
+
 HELP = "compare generations with a judge (win rate) and measure refusals on harmful prompts"
 
 DESCRIPTION = """\
@@ -31,39 +36,29 @@ Examples:
 """
 
 
+# The judge's settings get flags too; the flag names are today's, declared once here.
+ARGS = ConfigArgs(
+    EvaluateConfig, expand=("judge",), exclude=("candidate", "baselines"), title="evaluation settings",
+    aliases={"out_dir": "--out", "judge.spec": "--judge", "judge.template": "--judge-template",
+             "judge.harm_template": "--harm-template", "judge.key_env": "--judge-key-env",
+             "judge.max_tokens": "--judge-max-tokens", "judge.concurrency": "--concurrency",
+             "judge.timeout": "--timeout", "judge.max_retries": "--max-retries", "judge.device": "--device",
+             "judge.dtype": "--dtype", "judge.batch_size": "--batch-size"},
+)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "evaluate", help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+        "evaluate", help=HELP, description=DESCRIPTION, formatter_class=options.DefaultsHelpFormatter
     )
-    io = p.add_argument_group("inputs and outputs")
+    io = p.add_argument_group("generations (candidate and baselines)")
     io.add_argument("--candidate", metavar="FILE", help="candidate generations on the comparison prompts")
     io.add_argument("--baseline", metavar="FILE", action="append", default=[], help="baseline generations (repeat for several baselines)")
     io.add_argument("--harmful-candidate", metavar="FILE", help="candidate generations on harmful prompts")
     io.add_argument("--harmful-baseline", metavar="FILE", action="append", default=[], help="baseline generations on harmful prompts (one per --baseline, same order)")
-    io.add_argument("--candidate-name", metavar="NAME", help="display name (default: file stem)")
+    io.add_argument("--candidate-name", metavar="NAME", help="display name (the file's stem when not given)")
     io.add_argument("--baseline-name", metavar="NAME", action="append", default=[], help="display name per baseline, same order")
-    io.add_argument("--out", metavar="DIR", help="output directory (report.md, summary.json, judgments.jsonl, PNGs)")
-    io.add_argument("--config", metavar="YAML", help="EvaluateConfig as YAML; flags override it")
-    io.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], help="override a config key (e.g. n_bootstrap=5000)")
-
-    j = p.add_argument_group("judge")
-    j.add_argument("--judge", metavar="SPEC", help="none | openai:MODEL@BASE_URL | hf:MODEL | rm:MODEL (required)")
-    j.add_argument("--judge-template", metavar="FILE", help="pairwise prompt with {instruction}, {output_1}, {output_2}")
-    j.add_argument("--harm-template", metavar="FILE", help="harmfulness prompt with {instruction}, {output}")
-    j.add_argument("--judge-key-env", metavar="VAR", help="environment variable with the API key (default OPENAI_API_KEY)")
-    j.add_argument("--concurrency", type=int, metavar="N", help="parallel requests to an openai: judge (default 4)")
-    j.add_argument("--timeout", type=float, metavar="S", help="seconds per request (default 60)")
-    j.add_argument("--max-retries", type=int, metavar="N", help="retries on 429/5xx/timeouts (default 5)")
-    j.add_argument("--judge-max-tokens", type=int, metavar="N", help="max_tokens of a judge reply (default 16)")
-    j.add_argument("--device", help="device of an hf:/rm: judge (auto, cpu, cuda, cuda:N, mps)")
-    j.add_argument("--dtype", help="dtype of an hf:/rm: judge (auto, float32, bfloat16, float16)")
-    j.add_argument("--batch-size", type=int, metavar="N", help="prompts per forward pass of an hf: judge (default 8)")
-    j.add_argument("--no-resume", action="store_true", help="ignore verdicts cached in OUT/cache by an earlier run")
-
-    s = p.add_argument_group("metrics")
-    s.add_argument("--refusal-method", choices=["seal", "gcg"], help="refusal detector (default seal; gcg = verbatim GCG list)")
-    s.add_argument("--seed", type=int, help="bootstrap seed (default 0)")
-    s.add_argument("--n-bootstrap", type=int, metavar="N", help="bootstrap resamples (default 2000)")
+    options.add_config_arguments(p, ARGS, set_example="--set n_bootstrap=5000 --set judge.batch_size=4")
     p.set_defaults(func=run)
 
 
@@ -91,40 +86,31 @@ def _models_from_args(args: argparse.Namespace) -> tuple[dict | None, list[dict]
     return cand, baselines
 
 
-def run(args: argparse.Namespace) -> int:
-    from seal_core.config import deep_merge, from_dict, load_yaml, parse_overrides
-    from seal_core.errors import ConfigError
-    from seal_core.evaluation.evaluate import EvaluateConfig, evaluate, summary_lines
-
-    data = load_yaml(args.config) if args.config else {}
+def _flag_values(args: argparse.Namespace) -> dict:
+    """The config keys the flags given on the command line set (the judge's under `judge`)."""
+    flags = ARGS.values(args)
     cand, baselines = _models_from_args(args)
-    flags = {
-        "out_dir": args.out,
-        "judge": args.judge,
-        "judge_template": args.judge_template,
-        "harm_template": args.harm_template,
-        "judge_key_env": args.judge_key_env,
-        "concurrency": args.concurrency,
-        "timeout": args.timeout,
-        "max_retries": args.max_retries,
-        "judge_max_tokens": args.judge_max_tokens,
-        "device": args.device,
-        "dtype": args.dtype,
-        "batch_size": args.batch_size,
-        "refusal_method": args.refusal_method,
-        "seed": args.seed,
-        "n_bootstrap": args.n_bootstrap,
-    }
-    flags = {k: v for k, v in flags.items() if v is not None}
-    if args.no_resume:
-        flags["resume"] = False
     if cand is not None:
         flags["candidate"] = cand
     if baselines is not None:
         flags["baselines"] = baselines
-    merged = deep_merge(deep_merge(data, flags), parse_overrides(args.set))
-    if "judge" not in merged:
-        raise ConfigError("--judge is required (none | openai:MODEL@BASE_URL | hf:MODEL | rm:MODEL); use --judge none for refusal metrics only")
+    return flags
+
+
+def run(args: argparse.Namespace) -> int:
+    from seal_core.config import deep_merge, from_dict, load_yaml, parse_overrides, upgrade_layout
+    from seal_core.errors import ConfigError
+    from seal_core.evaluation.evaluate import evaluate, summary_lines
+    from seal_core.evaluation.judges import spec_forms
+
+    # Both sides in the nested layout before merging, so `judge: SPEC` in the file and
+    # --batch-size on the command line combine instead of one replacing the other.
+    data = upgrade_layout(EvaluateConfig, load_yaml(args.config)) if args.config else {}
+    overrides = upgrade_layout(EvaluateConfig, parse_overrides(args.overrides))
+    merged = deep_merge(deep_merge(data, _flag_values(args)), overrides)
+    judge = merged.get("judge")
+    if judge is None or (isinstance(judge, dict) and "spec" not in judge):
+        raise ConfigError(f"--judge is required ({' | '.join(spec_forms())}); use --judge none for refusal metrics only")
     if "candidate" not in merged:
         raise ConfigError("give --candidate FILE (comparison prompts) and/or --harmful-candidate FILE")
     if "out_dir" not in merged:

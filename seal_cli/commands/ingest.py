@@ -5,6 +5,13 @@ from __future__ import annotations
 import logging
 import sys
 
+from seal_core.ingest import IngestConfig
+
+from .. import options
+from ..dataclass_args import ConfigArgs
+
+ARGS = ConfigArgs(IngestConfig)
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -18,36 +25,13 @@ def register(sub) -> None:
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, directories, saved datasets or Hub ids")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--format", default=None, choices=["auto", "messages", "alpaca", "sharegpt", "hh", "prompt-response"],
-                   help="record format (default: auto, detected per file)")
-    p.add_argument("--hh-field", default=None, choices=["chosen", "rejected"],
-                   help="which HH transcript to read (default: chosen)")
-    p.add_argument("--max-chars", type=int, default=None, help="reject samples longer than this (default: 200000)")
-    p.add_argument("--csv-header", default=None, choices=["auto", "yes", "no"],
-                   help="whether CSV files start with a header row (default: auto)")
-    p.add_argument("--split", default=None, help="split of a Hub dataset or saved DatasetDict (default: train)")
-    p.add_argument("--config", help="YAML file with ingest settings (keys of IngestConfig)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a setting, e.g. --set max_chars=50000")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-file log lines on stderr")
+    options.add_config_arguments(p, ARGS, set_example="--set max_chars=50000")
     p.set_defaults(func=run)
 
 
 def build_config(args):
-    from seal_core.config import deep_merge, from_dict, load_yaml, parse_overrides
-    from seal_core.ingest import IngestConfig
-
-    data = load_yaml(args.config) if args.config else {}
-    flags = {}
-    for key in ("format", "hh_field", "max_chars", "csv_header", "split"):
-        value = getattr(args, key)
-        if value is not None:
-            flags[key] = value
-    if args.no_progress:
-        flags["progress"] = False
-    data = deep_merge(deep_merge(data, flags), parse_overrides(args.overrides))
-    return from_dict(IngestConfig, data)
+    return options.build_config(args, ARGS)
 
 
 class _StderrHandler(logging.StreamHandler):

@@ -5,6 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from seal_core.config import deep_merge, from_dict, parse_overrides
+from seal_core.selection import SelectConfig
+
+from .. import options
+from ..dataclass_args import ConfigArgs
+
 DESCRIPTION = """\
 Keep the best-scored samples of a pool. Give exactly one of --top-k, --top-p, --min-score.
 
@@ -22,6 +28,9 @@ threshold score, k, fraction, input fingerprints) and config.json.
 """
 
 
+ARGS = ConfigArgs(SelectConfig, exclusive=(("top_k", "top_p", "min_score"),))
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "select",
@@ -33,44 +42,16 @@ def register(subparsers) -> None:
                    help="scores.parquet (or the `seal rank` output directory holding it)")
     p.add_argument("--pool", required=True, metavar="POOL",
                    help="the pool: `seal ingest` output dir, canonical .parquet, or a raw data file")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--top-k", type=int, metavar="N", help="keep the N best samples")
-    g.add_argument("--top-p", type=float, metavar="F", help="keep this fraction of the candidates, in (0, 1]")
-    g.add_argument("--min-score", type=float, metavar="X", help="keep every sample with score >= X")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    p.add_argument("--export", choices=["messages", "alpaca", "none"], default=None,
-                   help="form of selected.jsonl (default: messages)")
-    p.add_argument("--alpaca-multiturn", choices=["reject", "history"], default=None,
-                   help="multi-turn conversations in the alpaca export (default: reject)")
-    p.add_argument("--batch-size", type=int, default=None, help="rows per streamed batch (default: 65536)")
-    p.add_argument("--memory-mb", type=int, default=None,
-                   help="memory for reordering selected rows before spilling to disk (default: 512)")
-    p.add_argument("--config", metavar="YAML", help="config file (its `select:` section, or the whole file)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    options.add_config_arguments(p, ARGS, set_example="--set top_k=100", section="select")
     p.set_defaults(func=run)
 
 
 def build_config(args):
-    from seal_core.config import deep_merge, from_dict, load_yaml, parse_overrides
-    from seal_core.selection import SelectConfig
-
-    data: dict = {}
-    if args.config:
-        raw = load_yaml(args.config)
-        data = dict(raw["select"]) if isinstance(raw.get("select"), dict) else raw
-    data = deep_merge(data, parse_overrides(args.set))
-    modes = {"top_k": args.top_k, "top_p": args.top_p, "min_score": args.min_score}
-    if any(v is not None for v in modes.values()):
-        # A mode on the command line replaces whichever mode the config file chose.
-        for k, v in modes.items():
-            data[k] = v
-    for key, val in (("export", args.export), ("alpaca_multiturn", args.alpaca_multiturn),
-                     ("batch_size", args.batch_size), ("memory_mb", args.memory_mb)):
-        if val is not None:
-            data[key] = val
-    if args.no_progress:
-        data["progress"] = False
+    data = options.read_config_file(args.config, section="select")
+    # In `seal select` the flags are applied after --set (so they win), unlike the other
+    # commands; kept so that existing command lines mean what they meant.
+    data = deep_merge(deep_merge(data, parse_overrides(args.overrides)), ARGS.values(args))
     return from_dict(SelectConfig, data)
 
 

@@ -7,7 +7,18 @@ imports torch until a local judge is built.
 """
 
 from .evaluate import EvaluateConfig, ModelOutputs, evaluate, read_generations
-from .judges import FunctionJudge, Judge, JudgeError, PairItem, SingleItem, Verdict, judge_both_orders, make_judge, parse_judge_spec
+from .judges import (
+    FunctionJudge,
+    Judge,
+    JudgeConfig,
+    JudgeError,
+    PairItem,
+    SingleItem,
+    Verdict,
+    judge_both_orders,
+    make_judge,
+    parse_judge_spec,
+)
 from .refusal import GCG_TEST_PREFIXES, RefusalResult, detect_refusal, is_refusal, refusal_rate
 from .report import PairResult, RateStat, SafetyResult, build_report, load_results, plot_refusals, plot_winrates
 from .winrate import WinRateSummary, summarize
@@ -17,6 +28,7 @@ __all__ = [
     "FunctionJudge",
     "GCG_TEST_PREFIXES",
     "Judge",
+    "JudgeConfig",
     "JudgeError",
     "ModelOutputs",
     "PairItem",

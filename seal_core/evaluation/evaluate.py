@@ -32,6 +32,7 @@ from typing import Any, Literal, Sequence
 from ..errors import ConfigError, InputError
 from ..io import atomic_path, fingerprint_file, save_resolved_config, write_json, write_text
 from . import judges as J
+from .judges import JudgeConfig
 from .refusal import DEFAULT_WINDOW, detect_refusal
 from .report import PairResult, RateStat, SafetyResult, build_report, plot_refusals, plot_winrates, results_to_dict
 from .winrate import summarize
@@ -61,17 +62,7 @@ class EvaluateConfig:
     candidate: ModelOutputs = field(metadata={"help": "the model being evaluated"})
     out_dir: str = field(metadata={"help": "output directory"})
     baselines: list[ModelOutputs] = field(default_factory=list, metadata={"help": "models the candidate is compared with"})
-    judge: str = field(default="none", metadata={"help": "'none', 'openai:MODEL@BASE_URL', 'hf:MODEL' or 'rm:MODEL'"})
-    judge_template: str | None = field(default=None, metadata={"help": "file with the pairwise judge prompt ({instruction}, {output_1}, {output_2})"})
-    harm_template: str | None = field(default=None, metadata={"help": "file with the harmfulness prompt ({instruction}, {output})"})
-    judge_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "environment variable holding the openai: judge's API key"})
-    concurrency: int = field(default=4, metadata={"help": "parallel requests to an openai: judge"})
-    timeout: float = field(default=60.0, metadata={"help": "seconds per openai: judge request"})
-    max_retries: int = field(default=5, metadata={"help": "retries per openai: judge request (429, 5xx, timeouts)"})
-    judge_max_tokens: int = field(default=16, metadata={"help": "max_tokens of an openai: judge reply"})
-    device: str = field(default="auto", metadata={"help": "device of an hf:/rm: judge"})
-    dtype: str = field(default="auto", metadata={"help": "dtype of an hf:/rm: judge"})
-    batch_size: int = field(default=8, metadata={"help": "prompts per forward pass of an hf: judge"})
+    judge: JudgeConfig = field(default_factory=JudgeConfig, metadata={"help": "the judge: spec and settings (`judge: SPEC` alone sets just the spec)"})
     refusal_method: Literal["seal", "gcg"] = field(default="seal", metadata={"help": "refusal detector: 'seal' (adapted) or 'gcg' (verbatim GCG list)"})
     refusal_window: int = field(default=DEFAULT_WINDOW, metadata={"help": "characters from the start searched for refusal phrases ('seal' method)"})
     seed: int = field(default=0, metadata={"help": "bootstrap seed"})
@@ -79,17 +70,9 @@ class EvaluateConfig:
     resume: bool = field(default=True, metadata={"help": "reuse verdicts cached in OUT/cache from an earlier run"})
 
     def __post_init__(self) -> None:
-        J.parse_judge_spec(self.judge)  # raises ConfigError naming the problem
-        checks = [
-            ("concurrency", self.concurrency >= 1),
-            ("timeout", self.timeout > 0),
-            ("max_retries", self.max_retries >= 0),
-            ("judge_max_tokens", self.judge_max_tokens >= 1),
-            ("batch_size", self.batch_size >= 1),
-            ("refusal_window", self.refusal_window >= 1),
-            ("n_bootstrap", self.n_bootstrap >= 1),
-        ]
-        for key, ok in checks:
+        if not isinstance(self.judge, JudgeConfig):
+            raise ConfigError(f"config key 'judge' must be a JudgeConfig, got {type(self.judge).__name__} {self.judge!r}")
+        for key, ok in (("refusal_window", self.refusal_window >= 1), ("n_bootstrap", self.n_bootstrap >= 1)):
             if not ok:
                 raise ConfigError(f"config key '{key}' must be positive (got {getattr(self, key)!r})")
         if not self.out_dir:
@@ -342,63 +325,30 @@ def _compare(
     return result
 
 
-def evaluate(config: EvaluateConfig, *, judge: J.Judge | None = None) -> Path:
-    """Run the evaluation described by ``config``; returns the output directory.
-
-    ``judge`` overrides ``config.judge`` with a ready judge object (e.g. a
-    :class:`~seal_core.evaluation.judges.FunctionJudge`, or an HFJudge whose
-    model is already loaded).
-    """
-    cfg = config
-    out = Path(cfg.out_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"out_dir {out} exists and is not a directory")
-    template = J.load_template(cfg.judge_template, J.PAIRWISE_FIELDS, J.DEFAULT_PAIRWISE_TEMPLATE, "judge template")
-    harm_template = J.load_template(cfg.harm_template, J.HARM_FIELDS, J.DEFAULT_HARM_TEMPLATE, "harmfulness template")
-
-    # Read and check every input before loading a judge model or calling an API.
+def _read_inputs(cfg: EvaluateConfig) -> tuple[dict[str, list[GenerationRow]], dict[str, list[GenerationRow]], dict[str, list]]:
+    """Every model's rows on the comparison and harmful prompts, and each baseline aligned with the candidate."""
     benign = {m.name: read_generations(m.outputs) for m in cfg.models if m.outputs}
     harmful = {m.name: read_generations(m.harmful) for m in cfg.models if m.harmful}
     aligned = {}
     for b in cfg.baselines:
         if cfg.candidate.outputs and b.outputs:
             aligned[b.name] = align(benign[cfg.candidate.name], benign[b.name], cfg.candidate.outputs, b.outputs)
+    return benign, harmful, aligned
 
-    own_judge = judge is None
-    if judge is None:
-        judge = J.make_judge(
-            cfg.judge, template=template, harm_template=harm_template, key_env=cfg.judge_key_env,
-            concurrency=cfg.concurrency, timeout=cfg.timeout, max_retries=cfg.max_retries,
-            max_tokens=cfg.judge_max_tokens, device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size,
-        )
-    judge_spec = judge.spec if judge is not None else "none"
-    out.mkdir(parents=True, exist_ok=True)
-    cache = None
+
+def _open_cache(judge: J.Judge | None, cfg: EvaluateConfig, out: Path) -> J.JudgeCache | None:
+    path = out / "cache" / "judge_cache.jsonl"
     if judge is not None and cfg.resume and judge.cache_key():
-        cache = J.JudgeCache(out / "cache" / "judge_cache.jsonl", judge.cache_key())
-    elif judge is not None and not cfg.resume:
-        (out / "cache" / "judge_cache.jsonl").unlink(missing_ok=True)
+        return J.JudgeCache(path, judge.cache_key())
+    if judge is not None and not cfg.resume:
+        path.unlink(missing_ok=True)
+    return None
 
-    judgment_rows: list[dict[str, Any]] = []
-    safety_rows: list[dict[str, Any]] = []
-    rejects: list[dict[str, Any]] = []
-    pair_results: list[PairResult] = []
-    notes: list[str] = []
-    try:
-        if judge is not None:
-            for b in cfg.baselines:
-                if b.name in aligned:
-                    pair_results.append(_compare(cfg.candidate, b, aligned[b.name], cfg, judge, cache, judgment_rows, rejects))
-        elif aligned:
-            notes.append("No judge was given (--judge none): win rates were not computed.")
-        safety = [
-            _safety_for_model(m.name, harmful.get(m.name), benign.get(m.name), cfg, judge, cache, safety_rows, rejects, m.harmful)
-            for m in cfg.models
-        ]
-    finally:
-        if own_judge and judge is not None:
-            judge.close()
 
+def _notes(cfg: EvaluateConfig, judge: J.Judge | None, aligned: dict, harmful: dict, pair_results: list[PairResult]) -> list[str]:
+    notes = []
+    if judge is None and aligned:
+        notes.append("No judge was given (--judge none): win rates were not computed.")
     for b in cfg.baselines:
         if b.name not in aligned and cfg.candidate.outputs and not b.outputs:
             notes.append(f"{b.name} has no comparison-prompt outputs: only its safety metrics are reported.")
@@ -411,26 +361,28 @@ def evaluate(config: EvaluateConfig, *, judge: J.Judge | None = None) -> Path:
         "Refusals are found by keyword matching: it misses polite compliance without refusal words and "
         "can flag a refusal-like opening followed by compliance; see docs/evaluation.md."
     )
+    return notes
 
-    # Remove outputs of an earlier run that this run does not rewrite, so none is mistaken for current.
-    for name in OUTPUT_FILES:
-        (out / name).unlink(missing_ok=True)
-    winrate_png = plot_winrates(pair_results, out / "winrate.png")
-    refusal_png = plot_refusals(safety, out / "refusal.png")
-    if pair_results:
-        _jsonl(out / "judgments.jsonl", judgment_rows)
-    _jsonl(out / "safety.jsonl", safety_rows)
-    _jsonl(out / "rejects.jsonl", rejects)
 
+@dataclass
+class _Rows:
+    """The per-row outputs: judgments.jsonl, safety.jsonl, rejects.jsonl."""
+
+    judgments: list[dict[str, Any]] = field(default_factory=list)
+    safety: list[dict[str, Any]] = field(default_factory=list)
+    rejects: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _summary_meta(cfg: EvaluateConfig, judge_spec: str, notes: list[str]) -> dict[str, Any]:
     inputs = {}
     for m in cfg.models:
         for kind, path in (("outputs", m.outputs), ("harmful", m.harmful)):
             if path:
                 inputs[f"{m.name}.{kind}"] = {"path": str(path), "fingerprint": fingerprint_file(path)}
-    meta = {
+    return {
         "judge": judge_spec,
-        "judge_template": cfg.judge_template or "default",
-        "harm_template": cfg.harm_template or "default",
+        "judge_template": cfg.judge.template or "default",
+        "harm_template": cfg.judge.harm_template or "default",
         "refusal_method": cfg.refusal_method,
         "seed": cfg.seed,
         "n_bootstrap": cfg.n_bootstrap,
@@ -438,7 +390,20 @@ def evaluate(config: EvaluateConfig, *, judge: J.Judge | None = None) -> Path:
         "inputs": inputs,
         "notes": notes,
     }
-    write_json(out / "summary.json", results_to_dict(pair_results, safety, **meta))
+
+
+def _write_outputs(out: Path, cfg: EvaluateConfig, judge_spec: str, pair_results: list[PairResult],
+                   safety: list[SafetyResult], rows: _Rows, notes: list[str]) -> None:
+    # Remove outputs of an earlier run that this run does not rewrite, so none is mistaken for current.
+    for name in OUTPUT_FILES:
+        (out / name).unlink(missing_ok=True)
+    winrate_png = plot_winrates(pair_results, out / "winrate.png")
+    refusal_png = plot_refusals(safety, out / "refusal.png")
+    if pair_results:
+        _jsonl(out / "judgments.jsonl", rows.judgments)
+    _jsonl(out / "safety.jsonl", rows.safety)
+    _jsonl(out / "rejects.jsonl", rows.rejects)
+    write_json(out / "summary.json", results_to_dict(pair_results, safety, **_summary_meta(cfg, judge_spec, notes)))
     images = [(cap, p.name) for cap, p in (("win rate", winrate_png), ("refusal rate", refusal_png)) if p]
     files = [
         ("per-prompt verdicts in both orders", "judgments.jsonl") if pair_results else None,
@@ -453,6 +418,43 @@ def evaluate(config: EvaluateConfig, *, judge: J.Judge | None = None) -> Path:
     )
     write_text(out / "report.md", report)
     save_resolved_config(out, cfg)
+
+
+def evaluate(config: EvaluateConfig, *, judge: J.Judge | None = None) -> Path:
+    """Run the evaluation described by ``config``; returns the output directory.
+
+    ``judge`` overrides ``config.judge`` with a ready judge object (e.g. a
+    :class:`~seal_core.evaluation.judges.FunctionJudge`, or an HFJudge whose
+    model is already loaded).
+    """
+    cfg = config
+    out = Path(cfg.out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out_dir {out} exists and is not a directory")
+    prompts = cfg.judge.prompts()
+    # Read and check every input before loading a judge model or calling an API.
+    benign, harmful, aligned = _read_inputs(cfg)
+    own_judge = judge is None
+    if judge is None:
+        judge = J.make_judge(cfg.judge, prompts)
+    judge_spec = judge.spec if judge is not None else "none"
+    out.mkdir(parents=True, exist_ok=True)
+    cache = _open_cache(judge, cfg, out)
+    rows = _Rows()
+    pair_results: list[PairResult] = []
+    try:
+        if judge is not None:
+            for b in cfg.baselines:
+                if b.name in aligned:
+                    pair_results.append(_compare(cfg.candidate, b, aligned[b.name], cfg, judge, cache, rows.judgments, rows.rejects))
+        safety = [
+            _safety_for_model(m.name, harmful.get(m.name), benign.get(m.name), cfg, judge, cache, rows.safety, rows.rejects, m.harmful)
+            for m in cfg.models
+        ]
+    finally:
+        if own_judge and judge is not None:
+            judge.close()
+    _write_outputs(out, cfg, judge_spec, pair_results, safety, rows, _notes(cfg, judge, aligned, harmful, pair_results))
     return out
 
 

@@ -12,7 +12,9 @@ Public API:
 from .config import FORMATS, REASONS, IngestConfig
 from .formats import RowReject, detect_format, parse_hh
 from .load import canonical_paths, iter_canonical_batches, load_required_samples, load_samples
-from .pipeline import REJECTS_SCHEMA, IngestResult, format_summary, ingest
+from .pipeline import ingest
+from .stats import IngestResult, format_summary
+from .writers import REJECTS_SCHEMA
 
 __all__ = [
     "FORMATS",

@@ -6,8 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..errors import ConfigError
-
-FORMATS = ("messages", "alpaca", "sharegpt", "hh", "prompt-response")
+from .formats import FORMATS, FormatName
 
 # Stable reject codes (the `reason` column of rejects.parquet); documented in docs/ingest.md.
 REASONS = (
@@ -29,7 +28,7 @@ REASONS = (
 
 @dataclass
 class IngestConfig:
-    format: Literal["auto", "messages", "alpaca", "sharegpt", "hh", "prompt-response"] = field(
+    format: Literal["auto", FormatName] = field(
         default="auto",
         metadata={"help": "input format; 'auto' detects it per file from its first records"},
     )

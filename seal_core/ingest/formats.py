@@ -1,6 +1,8 @@
-"""Recognising and normalising the supported record formats.
+"""The supported record formats: how each is recognised and normalised.
 
-Every normaliser takes one record (a dict) and returns ``(turns, metadata)``:
+Each format is one :class:`RecordFormat` in :data:`RECORD_FORMATS` (and its name
+in :data:`FormatName`); adding a format means adding one class here. Its
+``normalise`` takes one record (a dict) and returns ``(turns, metadata)``:
 ``turns`` is a list of ``(role, content)`` tuples with contents stripped and
 consecutive turns of the same role merged (joined with a blank line), and
 ``metadata`` is the record without the fields that made the conversation. A
@@ -11,12 +13,17 @@ reason code and the offending field.
 from __future__ import annotations
 
 import re
+import typing
+from abc import ABC, abstractmethod
 from collections import Counter
-from typing import Any, Callable, Iterable
+from typing import Any, ClassVar, Iterable, Literal
 
 import orjson
 
 from ..errors import InputError
+
+
+Turns = list[tuple[str, str]]
 
 
 class RowReject(Exception):
@@ -85,9 +92,9 @@ def _json_list(rec: dict, key: str) -> list:
 
 
 def _turns(items: list, key: str, role_key: str, content_key: str, role_map: dict[str, str],
-           alt_keys: tuple[str, str] | None = None) -> list[tuple[str, str]]:
+           alt_keys: tuple[str, str] | None = None) -> Turns:
     """The careful path: names the first offending field of a list of turns."""
-    turns: list[tuple[str, str]] = []
+    turns: Turns = []
     for i, m in enumerate(items):
         if type(m) is not dict:
             raise RowReject("wrong_type", f"{key}[{i}]", f"{key}[{i}] must be an object, got {type(m).__name__}")
@@ -123,36 +130,10 @@ def _turns(items: list, key: str, role_key: str, content_key: str, role_map: dic
     return turns
 
 
-def norm_messages(rec: dict, _cfg: Any = None) -> tuple[list[tuple[str, str]], dict]:
-    turns = _turns(_json_list(rec, "messages"), "messages", "role", "content", MESSAGE_ROLES)
-    return turns, {k: v for k, v in rec.items() if k != "messages"}
-
-
-def norm_sharegpt(rec: dict, _cfg: Any = None) -> tuple[list[tuple[str, str]], dict]:
-    turns = _turns(_json_list(rec, "conversations"), "conversations", "from", "value", SHAREGPT_ROLES,
-                   alt_keys=("role", "content"))
-    return turns, {k: v for k, v in rec.items() if k != "conversations"}
-
-
 _ALPACA_KEYS = ("instruction", "input", "output")
 
 
-def norm_alpaca(rec: dict, _cfg: Any = None) -> tuple[list[tuple[str, str]], dict]:
-    instruction = _text(rec, "instruction")
-    inp = _text(rec, "input", required=False)
-    output = _text(rec, "output")
-    user = instruction + "\n\n" + inp if inp else instruction
-    return [("user", user), ("assistant", output)], {k: v for k, v in rec.items() if k not in _ALPACA_KEYS}
-
-
-def norm_prompt_response(rec: dict, _cfg: Any = None) -> tuple[list[tuple[str, str]], dict]:
-    prompt = _text(rec, "prompt")
-    key = next((k for k in RESPONSE_KEYS if k in rec), "response")
-    response = _text(rec, key)
-    return [("user", prompt), ("assistant", response)], {k: v for k, v in rec.items() if k != "prompt" and k != key}
-
-
-def parse_hh(text: str, field: str) -> list[tuple[str, str]]:
+def parse_hh(text: str, field: str) -> Turns:
     """Split an Anthropic HH transcript into merged, stripped turns."""
     if not text.startswith("\n\n"):
         s = text.lstrip()
@@ -165,7 +146,7 @@ def parse_hh(text: str, field: str) -> list[tuple[str, str]]:
         # A preamble cannot be attributed to a speaker; guessing would train on a wrong role.
         raise RowReject("malformed_transcript", field,
                         f"field '{field}' has text before its first '\\n\\nHuman: ' turn: {parts[0].strip()[:60]!r}")
-    turns: list[tuple[str, str]] = []
+    turns: Turns = []
     n = (len(parts) - 1) // 2
     for j in range(n):
         role = "user" if parts[1 + 2 * j] == "Human" else "assistant"
@@ -181,50 +162,174 @@ def parse_hh(text: str, field: str) -> list[tuple[str, str]]:
     return turns
 
 
-def norm_hh(rec: dict, cfg: Any = None) -> tuple[list[tuple[str, str]], dict]:
-    field = cfg.hh_field if cfg is not None else "chosen"
-    v = rec.get(field)
-    if v is None:
-        raise RowReject("missing_field", field, f"field '{field}' is {'null' if field in rec else 'missing'}")
-    if type(v) is not str:
-        raise RowReject("wrong_type", field, f"field '{field}' must be a transcript string, got {type(v).__name__}")
-    return parse_hh(v, field), {k: v for k, v in rec.items() if k != field}
-
-
-# Formats holding a list of turns: (record key, role key, content key, role map). The
-# pipeline reads well-formed records of these formats on an inlined fast path and
-# falls back to the normaliser (which names the offending field) for anything else.
-TURN_LIST_FORMATS = {
-    "messages": ("messages", "role", "content", MESSAGE_ROLES),
-    "sharegpt": ("conversations", "from", "value", SHAREGPT_ROLES),
-}
-
-NORMALISERS: dict[str, Callable[[dict, Any], tuple[list[tuple[str, str]], dict]]] = {
-    "messages": norm_messages,
-    "alpaca": norm_alpaca,
-    "sharegpt": norm_sharegpt,
-    "hh": norm_hh,
-    "prompt-response": norm_prompt_response,
-}
-
-
 def _is_hh_text(v: Any) -> bool:
     return type(v) is str and ("\n\nHuman:" in v[:4000] or v.lstrip().startswith("Human:"))
 
 
+class RecordFormat(ABC):
+    """One record format: how a record of it is recognised, normalised and described."""
+
+    name: ClassVar[str]
+    # CSV column names that mark a first row as a header (--csv-header auto).
+    header_fields: ClassVar[tuple[str, ...]]
+    # How the error for an undetectable file names this format's fields.
+    fields_hint: ClassVar[str]
+
+    @abstractmethod
+    def looks_like(self, rec: dict) -> bool:
+        """Whether a record has this format's fields (format detection)."""
+
+    @abstractmethod
+    def normalise(self, rec: dict, cfg: Any = None) -> tuple[Turns, dict]:
+        """``(turns, metadata)`` of a record; raises :class:`RowReject` naming the offending field."""
+
+    def parse(self, rec: dict, cfg: Any = None) -> tuple[Turns, dict]:
+        """What ingestion calls for each record: :meth:`normalise`, or a faster path to the same result."""
+        return self.normalise(rec, cfg)
+
+    def conversation_field(self, cfg: Any = None) -> str:
+        """The field conversation-level rejects name ('' when the format always makes a user + assistant pair)."""
+        return ""
+
+    def label(self, cfg: Any = None) -> str:
+        """The format as logged and summarised."""
+        return self.name
+
+
+class TurnListFormat(RecordFormat):
+    """A record holding a list of turn objects under ``list_key``."""
+
+    list_key: ClassVar[str]
+    role_key: ClassVar[str]
+    content_key: ClassVar[str]
+    roles: ClassVar[dict[str, str]]
+    alt_keys: ClassVar[tuple[str, str] | None] = None  # (role, content) keys also accepted in a turn
+
+    def looks_like(self, rec: dict) -> bool:
+        return self.list_key in rec
+
+    def normalise(self, rec: dict, cfg: Any = None) -> tuple[Turns, dict]:
+        key = self.list_key
+        turns = _turns(_json_list(rec, key), key, self.role_key, self.content_key, self.roles, self.alt_keys)
+        return turns, {k: v for k, v in rec.items() if k != key}
+
+    def parse(self, rec: dict, cfg: Any = None) -> tuple[Turns, dict]:
+        turns = self._well_formed_turns(rec.get(self.list_key))
+        if not turns:
+            return self.normalise(rec, cfg)
+        meta = rec.copy()
+        del meta[self.list_key]
+        return turns, meta
+
+    def _well_formed_turns(self, items: Any) -> Turns | None:
+        """The common case in one pass: known roles, non-empty string contents, alternating speakers.
+
+        None for anything else, which :meth:`normalise` then merges, drops or rejects naming the field.
+        """
+        if type(items) is not list:
+            return None
+        roles, role_key, content_key = self.roles, self.role_key, self.content_key
+        turns: Turns = []
+        prev = None
+        try:
+            for m in items:
+                role = roles[m[role_key]]
+                content = m[content_key].strip()
+                if not content or role == prev:
+                    return None
+                turns.append((role, content))
+                prev = role
+        except (KeyError, TypeError, AttributeError):
+            return None
+        return turns
+
+    def conversation_field(self, cfg: Any = None) -> str:
+        return self.list_key
+
+
+class MessagesFormat(TurnListFormat):
+    name = "messages"
+    header_fields = ("messages",)
+    fields_hint = "messages"
+    list_key, role_key, content_key, roles = "messages", "role", "content", MESSAGE_ROLES
+
+
+class ShareGPTFormat(TurnListFormat):
+    name = "sharegpt"
+    header_fields = ("conversations",)
+    fields_hint = "conversations"
+    list_key, role_key, content_key, roles = "conversations", "from", "value", SHAREGPT_ROLES
+    alt_keys = ("role", "content")
+
+
+class HHFormat(RecordFormat):
+    name = "hh"
+    header_fields = ("chosen", "rejected")
+    fields_hint = "chosen/rejected (HH)"
+
+    def looks_like(self, rec: dict) -> bool:
+        return _is_hh_text(rec.get("chosen")) or _is_hh_text(rec.get("rejected"))
+
+    def normalise(self, rec: dict, cfg: Any = None) -> tuple[Turns, dict]:
+        field = self.conversation_field(cfg)
+        v = rec.get(field)
+        if v is None:
+            raise RowReject("missing_field", field, f"field '{field}' is {'null' if field in rec else 'missing'}")
+        if type(v) is not str:
+            raise RowReject("wrong_type", field, f"field '{field}' must be a transcript string, got {type(v).__name__}")
+        return parse_hh(v, field), {k: v for k, v in rec.items() if k != field}
+
+    def conversation_field(self, cfg: Any = None) -> str:
+        return cfg.hh_field if cfg is not None else "chosen"
+
+    def label(self, cfg: Any = None) -> str:
+        return f"hh ({self.conversation_field(cfg)})"
+
+
+class AlpacaFormat(RecordFormat):
+    name = "alpaca"
+    header_fields = _ALPACA_KEYS
+    fields_hint = "instruction+output (Alpaca)"
+
+    def looks_like(self, rec: dict) -> bool:
+        return "instruction" in rec and "output" in rec
+
+    def normalise(self, rec: dict, cfg: Any = None) -> tuple[Turns, dict]:
+        instruction = _text(rec, "instruction")
+        inp = _text(rec, "input", required=False)
+        output = _text(rec, "output")
+        user = instruction + "\n\n" + inp if inp else instruction
+        return [("user", user), ("assistant", output)], {k: v for k, v in rec.items() if k not in _ALPACA_KEYS}
+
+
+class PromptResponseFormat(RecordFormat):
+    name = "prompt-response"
+    header_fields = ("prompt",) + RESPONSE_KEYS
+    fields_hint = "prompt+response"
+
+    def looks_like(self, rec: dict) -> bool:
+        return "prompt" in rec
+
+    def normalise(self, rec: dict, cfg: Any = None) -> tuple[Turns, dict]:
+        prompt = _text(rec, "prompt")
+        key = next((k for k in RESPONSE_KEYS if k in rec), "response")
+        response = _text(rec, key)
+        return [("user", prompt), ("assistant", response)], {k: v for k, v in rec.items() if k != "prompt" and k != key}
+
+
+# The names --format accepts, in the order help and errors list them.
+FormatName = Literal["messages", "alpaca", "sharegpt", "hh", "prompt-response"]
+FORMATS: tuple[str, ...] = typing.get_args(FormatName)
+
+# Most specific first: a record is of the first format it looks like, and a tied vote goes the same way.
+RECORD_FORMATS: dict[str, RecordFormat] = {
+    f.name: f for f in (MessagesFormat(), ShareGPTFormat(), HHFormat(), AlpacaFormat(), PromptResponseFormat())
+}
+
+
 def record_format(rec: dict) -> str | None:
     """The format a single record looks like, most specific first; None if none."""
-    if "messages" in rec:
-        return "messages"
-    if "conversations" in rec:
-        return "sharegpt"
-    if _is_hh_text(rec.get("chosen")) or _is_hh_text(rec.get("rejected")):
-        return "hh"
-    if "instruction" in rec and "output" in rec:
-        return "alpaca"
-    if "prompt" in rec:
-        return "prompt-response"
-    return None
+    return next((f.name for f in RECORD_FORMATS.values() if f.looks_like(rec)), None)
 
 
 def detect_format(records: Iterable[Any], source: str) -> tuple[str, str]:
@@ -244,10 +349,11 @@ def detect_format(records: Iterable[Any], source: str) -> tuple[str, str]:
         if n_objects == 0:
             raise InputError(f"{source}: cannot detect the format: no JSON object among the first records")
         seen = ", ".join(k for k, _ in keys.most_common(8))
+        *hints, last = (f.fields_hint for f in RECORD_FORMATS.values())
         raise InputError(
-            f"{source}: cannot detect the format from fields [{seen}]; expected messages, conversations, "
-            f"chosen/rejected (HH), instruction+output (Alpaca) or prompt+response; pass --format"
+            f"{source}: cannot detect the format from fields [{seen}]; expected {', '.join(hints)} or {last}; "
+            "pass --format"
         )
-    order = {f: i for i, f in enumerate(("messages", "sharegpt", "hh", "alpaca", "prompt-response"))}
+    order = {f: i for i, f in enumerate(RECORD_FORMATS)}
     fmt = min(votes, key=lambda f: (-votes[f], order[f]))
     return fmt, f"{votes[fmt]} of the first {n_objects} records"

@@ -27,7 +27,7 @@ from typing import Any, Iterator
 import orjson
 
 from ..errors import InputError
-from .formats import RESPONSE_KEYS, RowReject
+from .formats import RECORD_FORMATS, RowReject
 
 JSON_EXTS = (".jsonl", ".ndjson", ".json")
 CSV_EXTS = (".csv", ".tsv")
@@ -35,9 +35,7 @@ PARQUET_EXTS = (".parquet", ".pq")
 SUPPORTED = ".jsonl, .ndjson, .json, .csv, .tsv, .parquet (text formats optionally .gz)"
 
 # Field names that mark the first CSV row as a header.
-KNOWN_FIELDS = frozenset(
-    ("messages", "conversations", "chosen", "rejected", "instruction", "input", "output", "prompt") + RESPONSE_KEYS
-)
+KNOWN_FIELDS = frozenset(name for fmt in RECORD_FORMATS.values() for name in fmt.header_fields)
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 _SURROGATE = re.compile("[\udc80-\udcff]")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")

@@ -22,7 +22,7 @@ from ..errors import SealError
 from ..ingest import load_required_samples
 from ..io import fingerprint_file, save_resolved_config, write_parquet
 from ..runlock import run_lock
-from ..training import ProgressFn
+from ..progress import ProgressFn
 from .config import RankConfig
 from .scores import write_scores
 from .seal import train_seal

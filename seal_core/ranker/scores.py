@@ -92,15 +92,3 @@ def read_scores_metadata(path: str | Path) -> dict[str, Any]:
         raise InputError(f"cannot read scores file {path}: {e}") from None
     raw = md.get(METADATA_KEY.encode())
     return json.loads(raw) if raw else {}
-
-
-def read_scores(path: str | Path) -> pa.Table:
-    """Read a scores file, checking it has the scores columns."""
-    try:
-        table = pq.read_table(path)
-    except (OSError, pa.ArrowInvalid) as e:
-        raise InputError(f"cannot read scores file {path}: {e}") from None
-    missing = [c for c in ("sample_id", "score") if c not in table.column_names]
-    if missing:
-        raise InputError(f"{path}: not a scores file (missing column {missing[0]!r})")
-    return table

@@ -237,7 +237,7 @@ def train_seal(cfg: RankConfig, model, tokenizer, pool_enc: list, safe_enc: list
     """Run the bilevel loop; ``pool_enc`` must be sorted by ``sample_id``.
 
     Returns the selector and the LoRA-adapted model. Checkpoints go to
-    ``out_dir/checkpoints/last.pt`` every ``cfg.checkpoint_every`` steps, at every epoch end
+    ``out_dir/checkpoints/last.safetensors`` every ``cfg.checkpoint_every`` steps, at every epoch end
     and when ``max_steps`` stops the run; ``resume=True`` continues from there.
     """
     from ..tokenization import pad_token_id, score_losses

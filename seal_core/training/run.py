@@ -18,6 +18,7 @@ from typing import Iterable, Iterator, Optional
 import torch
 
 from ..errors import SealError
+from ..faults import fault_point
 from ..progress import ProgressFn
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .state import rng_state, set_rng_state
@@ -125,6 +126,7 @@ class TrainingRun:
                                          self.data_name)
             set_rng_state(ck["rng"])
             trim_log(self.log_path, ck["step"])
+            print(f"{self.desc}: resuming from step {ck['step']} ({self.checkpoint_path})", file=sys.stderr)
             return ck
         if resume:
             print(f"no checkpoint at {self.checkpoint_path}; starting from scratch", file=sys.stderr)
@@ -159,3 +161,4 @@ class TrainingRun:
             self._bar.set_postfix(**postfix)
         if self.on_progress:
             self.on_progress({**rec, "total_steps": self.total_steps})
+        fault_point("step")
