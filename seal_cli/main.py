@@ -8,7 +8,8 @@ are declared once in :mod:`seal_cli.options`. Command modules import heavy
 libraries (torch, transformers, prefect) inside ``func`` so that ``seal --help``
 stays fast.
 
-User errors (:class:`seal_core.errors.SealError`) print one line and exit 2.
+User errors (:class:`seal_core.errors.SealError`) print one line and exit 2 (3 for a checkpoint
+that belongs to another run, so a launcher can start afresh).
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except SealError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        # 3: the checkpoint belongs to another run (a launcher may start afresh); 2: any other user error.
+        return 3 if type(e).__name__ == "CheckpointMismatch" else 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -37,7 +37,8 @@ from .ranker.config import LoraConfig
 from .progress import ProgressFn
 
 # Keys that may differ between a checkpointed run and its resumption (they do not change the maths).
-_RESUME_FREE_KEYS = {"out", "progress", "max_steps", "checkpoint_every", "device", "merge"}
+# processes is checked apart, against the checkpoint's world size, with a message that says so.
+_RESUME_FREE_KEYS = {"out", "progress", "max_steps", "checkpoint_every", "device", "merge", "processes"}
 
 
 @dataclass
@@ -73,6 +74,8 @@ class FinetuneConfig:
                                                         "SEAL+SafeInstr setting): any path data accepts."})
     merge: bool = field(default=False, metadata={"help": "Also write out/merged/: the base model with the adapter merged in."})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
+    processes: int = field(default=1, metadata={"help": "Train on this many local processes (torch.distributed: one "
+                                                         "per GPU, gloo on CPU); > 1 relaunches under torchrun."})
 
     def __post_init__(self):
         for name in ("epochs", "max_length", "batch_size", "micro_batch_size"):
@@ -90,6 +93,8 @@ class FinetuneConfig:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.max_length < 2:
             raise ConfigError(f"max_length must be >= 2, got {self.max_length}")
+        if self.processes < 1:
+            raise ConfigError(f"processes must be >= 1, got {self.processes}")
 
 
 @dataclass
@@ -140,8 +145,15 @@ class FinetuneLoopState:
 
 
 def sft_step(cfg: FinetuneConfig, model, opt, params: list, encoded: list, idx: list[int], pad_id: int,
-             device) -> tuple[float, int, Optional[float]]:
-    """One optimiser step on the effective batch ``idx`` -> (batch loss, tokens, grad norm before clipping)."""
+             device, dist=None) -> tuple[float, int, Optional[float]]:
+    """One optimiser step on the effective batch ``idx`` -> (batch loss, tokens, grad norm before clipping).
+
+    Under torch.distributed (``dist``) this rank computes its share of ``idx``; the denominators
+    are the global batch's, so the summed gradients and loss equal the one-process ones.
+    """
+    from .training import Dist
+
+    dist = dist or Dist()
     import torch
 
     from .tokenization import collate, per_sample_loss
@@ -153,8 +165,8 @@ def sft_step(cfg: FinetuneConfig, model, opt, params: list, encoded: list, idx: 
     else:
         denom = float(len(idx))
     opt.zero_grad(set_to_none=True)
-    batch_loss, n_tokens = 0.0, 0
-    for mb in micro_batches(idx, cfg.micro_batch_size):
+    batch_loss, n_tokens = 0.0, sum(encoded[i].n_tokens for i in idx)
+    for mb in micro_batches(dist.share(idx), cfg.micro_batch_size):
         items = [encoded[i] for i in mb]
         batch = {k: v.to(device) for k, v in collate(items, pad_id).items()}
         l = per_sample_loss(model, batch)
@@ -165,7 +177,8 @@ def sft_step(cfg: FinetuneConfig, model, opt, params: list, encoded: list, idx: 
             contrib = l.sum() / denom
         contrib.backward()
         batch_loss += contrib.item()
-        n_tokens += sum(e.n_tokens for e in items)
+    batch_loss = dist.sum_scalar(batch_loss, device)
+    dist.sum_grads(params)
     grad_norm = None
     if cfg.max_grad_norm > 0:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
@@ -173,21 +186,8 @@ def sft_step(cfg: FinetuneConfig, model, opt, params: list, encoded: list, idx: 
     return batch_loss, n_tokens, grad_norm
 
 
-def _with_lora(cfg: FinetuneConfig, model):
-    from .models import LoraSettings, add_lora
-
-    lora = LoraSettings(r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
-                        target_modules=tuple(cfg.lora.target_modules))
-    model = add_lora(model, lora, adapter_name="default")
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-    model.train()
-    return model
-
-
 def train_lora(cfg: FinetuneConfig, model, tokenizer, encoded: list, out_dir: Path, resume: bool = False,
-               on_progress: Optional[ProgressFn] = None) -> TrainResult:
+               on_progress: Optional[ProgressFn] = None, dist=None) -> TrainResult:
     """LoRA SFT of ``model`` on ``encoded`` (tokenised samples, in a fixed order).
 
     Checkpoints go to ``out_dir/checkpoints/last.safetensors`` every ``cfg.checkpoint_every``
@@ -198,18 +198,20 @@ def train_lora(cfg: FinetuneConfig, model, tokenizer, encoded: list, out_dir: Pa
 
     from .models import adapter_parameters
     from .tokenization import length_grouped_batches, pad_token_id
-    from .training import TrainingRun, adapter_state, load_adapter_state, oom_as_error, seed_all
+    from .training import Dist, TrainingRun, adapter_state, attach_lora, load_adapter_state, oom_as_error, seed_all
 
     if not encoded:
         raise SealError("no training sample left after tokenisation")
+    dist = dist or Dist()
     device = next(model.parameters()).device
     lengths = [e.n_tokens for e in encoded]
     run = TrainingRun(Path(out_dir), to_dict(cfg), [e.sample_id for e in encoded], free_keys=_RESUME_FREE_KEYS,
-                      data_name="training data", desc="finetune", progress=cfg.progress, on_progress=on_progress)
+                      data_name="training data", desc="finetune", progress=cfg.progress, on_progress=on_progress,
+                      dist=dist)
 
     # setup: seed, LoRA, optimiser, then the checkpoint's state over them when resuming
     seed_all(cfg.seed)
-    model = _with_lora(cfg, model)
+    model = attach_lora(model, cfg.lora, ("default",), cfg.gradient_checkpointing)
     params = adapter_parameters(model, "default")
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     state = FinetuneLoopState()
@@ -228,35 +230,23 @@ def train_lora(cfg: FinetuneConfig, model, tokenizer, encoded: list, out_dir: Pa
     total_steps = len(order(0)) * cfg.epochs
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
-    completed = True
     t0 = time.time()
     oom = (f"out of memory fine-tuning {cfg.model} (micro_batch_size={cfg.micro_batch_size}, "
            f"max_length={cfg.max_length}); lower them or set gradient_checkpointing=true")
     with run.progress(total_steps, state.step), oom_as_error(oom):
-        while state.epoch < cfg.epochs and completed:
-            batches = order(state.epoch)
-            while state.batch_pos < len(batches):
-                if cfg.max_steps and state.step >= cfg.max_steps:
-                    completed = False
-                    break
-                # one optimiser step over the effective batch, then log and checkpoint
-                idx = batches[state.batch_pos]
-                loss, n_tokens, grad_norm = sft_step(cfg, model, opt, params, encoded, idx,
-                                                     pad_token_id(tokenizer), device)
-                state.step, state.batch_pos = state.step + 1, state.batch_pos + 1
-                state.record(loss)
-                run.log({"step": state.step, "epoch": state.epoch + 1, "loss": loss, "lr": cfg.lr,
-                         "samples": len(idx), "tokens": n_tokens, "grad_norm": grad_norm,
-                         "elapsed_s": round(time.time() - t0, 3)}, ep=state.epoch + 1, loss=f"{loss:.4f}")
-                if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
-                    checkpoint()
-            if completed:
-                state.end_epoch()
-            checkpoint()
+        for idx in run.steps(state, cfg.epochs, cfg.max_steps, cfg.checkpoint_every, order, checkpoint,
+                             end_epoch=state.end_epoch):
+            # one optimiser step over the effective batch, then its log line
+            loss, n_tokens, grad_norm = sft_step(cfg, model, opt, params, encoded, idx, pad_token_id(tokenizer),
+                                                 device, dist)
+            state.record(loss)
+            run.log({"step": state.step + 1, "epoch": state.epoch + 1, "loss": loss, "lr": cfg.lr,
+                     "samples": len(idx), "tokens": n_tokens, "grad_norm": grad_norm,
+                     "elapsed_s": round(time.time() - t0, 3)}, ep=state.epoch + 1, loss=f"{loss:.4f}")
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_disable()
     model.eval()
-    return TrainResult(model, state.step, completed, state.first_loss, state.last_loss, state.epoch_losses)
+    return TrainResult(model, state.step, run.completed, state.first_loss, state.last_loss, state.epoch_losses)
 
 
 # ----------------------------------------------------------------------------- saving
@@ -321,21 +311,36 @@ def save_merged(model, tokenizer, path: Path) -> Path:
 
 def finetune(cfg: FinetuneConfig, resume: bool = False, on_progress: Optional[ProgressFn] = None) -> Path:
     """Fine-tune a LoRA adapter on ``cfg.data`` (+ ``cfg.mix_safe``); returns the output directory."""
+    import contextlib
+
     from .runlock import run_lock
+    from .training import init_distributed, shutdown_distributed
+    from .training.launch import launch_processes, under_torchrun
 
     if not cfg.out:
         raise SealError("no output directory given (--out)")
-    with run_lock(cfg.out):
-        return _finetune(cfg, Path(cfg.out), resume, on_progress)
+    if cfg.processes > 1 and not under_torchrun():
+        launch_processes("finetune", cfg, cfg.processes, resume)
+        return Path(cfg.out)
+    # Under torchrun every rank trains its share of each batch; rank 0 alone holds the lock and writes.
+    dist = init_distributed(cfg.device)
+    try:
+        with run_lock(cfg.out) if dist.is_main else contextlib.nullcontext():
+            out = _finetune(cfg, Path(cfg.out), resume, on_progress, dist)
+        dist.barrier()
+        return out
+    finally:
+        shutdown_distributed()
 
 
-def _finetune(cfg: FinetuneConfig, out: Path, resume: bool, on_progress: Optional[ProgressFn]) -> Path:
+def _finetune(cfg: FinetuneConfig, out: Path, resume: bool, on_progress: Optional[ProgressFn], dist) -> Path:
     import pyarrow as pa
 
     from .ingest import load_required_samples
     from .io import fingerprint_file, save_resolved_config, write_json, write_parquet
     from .models import load_model, model_id
     from .tokenization import encode_samples
+    from .training import device_for
 
     t0 = time.time()
 
@@ -346,20 +351,23 @@ def _finetune(cfg: FinetuneConfig, out: Path, resume: bool, on_progress: Optiona
     samples = data + safe
     # A fixed order (by id; stable, so duplicates keep theirs) makes the run independent of file order.
     samples.sort(key=lambda s: s["sample_id"])
-    save_resolved_config(out, cfg)
+    if dist.is_main:
+        save_resolved_config(out, cfg)
 
     # The base is always loaded with seed 0: only "tiny-random" depends on it, and generation
     # must rebuild the very same base weights to apply the adapter to.
-    model, tok = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, seed=0)
+    model, tok = load_model(cfg.model, device=device_for(dist, cfg.device), dtype=cfg.dtype, seed=0)
     enc, dropped = encode_samples(tok, samples, cfg.max_length, cfg.train_on, cfg.truncation)
-    if dropped:
+    if dropped and dist.is_main:
         write_parquet(out / "dropped.parquet", pa.Table.from_pylist(
             [{"sample_id": d["sample_id"], "reason": d["reason"]} for d in dropped]))
     if not enc:
         raise SealError(f"no training sample fits max_length={cfg.max_length} "
                         f"({len(dropped)} dropped; see {out / 'dropped.parquet'})")
 
-    result = train_lora(cfg, model, tok, enc, out, resume=resume, on_progress=on_progress)
+    result = train_lora(cfg, model, tok, enc, out, resume=resume, on_progress=on_progress, dist=dist)
+    if not dist.is_main:
+        return out
     if not result.completed:
         print(f"stopped after {result.steps} steps (max_steps); checkpoint saved, continue with --resume",
               file=sys.stderr)

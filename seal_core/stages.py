@@ -30,11 +30,11 @@ from .generate import GenerateConfig
 from .ingest.config import IngestConfig
 from .ranker.config import RankConfig
 from .selection import SelectConfig
+from .progress import ProgressFn
 from .sharding import LossPassConfig
 
 C = TypeVar("C")
 Paths = Mapping[str, Any]  # name -> path (str or Path) of a file a stage read or wrote
-ProgressFn = Callable[[Mapping[str, Any]], None]
 
 
 @dataclass

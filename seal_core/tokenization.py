@@ -306,10 +306,13 @@ def per_sample_loss(model, batch: dict):
     return total / count
 
 
-def score_losses(model, tokenizer, encoded: list, batch_size: int, progress: bool = True, desc: str = "score"):
+def score_losses(model, tokenizer, encoded: list, batch_size: int, progress: bool = True, desc: str = "score",
+                 dist=None):
     """Per-sample loss of each encoded sample, in input order, as a float64 NumPy array.
 
     No gradient; batches are length-grouped (in a fixed order) so padding stays small.
+    Under torch.distributed (``dist``: a :class:`~seal_core.training.Dist`) each rank scores
+    every ``world_size``-th batch and every rank returns the whole array.
     """
     import numpy as np
     import torch
@@ -319,6 +322,9 @@ def score_losses(model, tokenizer, encoded: list, batch_size: int, progress: boo
     pad_id = pad_token_id(tokenizer)
     out = np.full(len(encoded), np.nan)
     batches = length_grouped_batches([e.n_tokens for e in encoded], batch_size, seed=0, shuffle=False)
+    if dist is not None and dist.enabled:
+        batches = batches[dist.rank::dist.world_size]
+        progress = progress and dist.is_main
     was_training = model.training
     model.eval()
     try:
@@ -330,6 +336,16 @@ def score_losses(model, tokenizer, encoded: list, batch_size: int, progress: boo
         raise SealError(f"out of memory scoring with batch size {batch_size}; lower score_batch_size") from None
     finally:
         model.train(was_training)
+    if dist is not None and dist.enabled:
+        # Every sample was scored by exactly one rank: sum the owners' values, zeros elsewhere.
+        mine = ~np.isnan(out)
+        owned = torch.from_numpy(np.where(mine, out, 0.0)).to(device)
+        import torch.distributed as tdist
+
+        tdist.all_reduce(owned)
+        scored = torch.from_numpy(mine.astype(np.float64)).to(device)
+        tdist.all_reduce(scored)
+        out = np.where(scored.cpu().numpy() > 0, owned.cpu().numpy(), np.nan)
     return out
 
 

@@ -18,14 +18,7 @@ same prompts, and measure refusals on harmful prompts.
 Inputs are generation JSONL files from `seal generate` (id, prompt, response;
 optional origin/category). Candidate and baseline files are aligned by id.
 
-Judges (--judge):
-  none                      refusal metrics only
-  openai:MODEL@BASE_URL     OpenAI-compatible /chat/completions endpoint (vLLM,
-                            llama.cpp server, hosted API); key from $OPENAI_API_KEY
-                            or --judge-key-env
-  hf:MODEL                  local causal LM; reads P("A") vs P("B") from logits
-  rm:MODEL                  reward model; p = sigmoid(r_candidate - r_baseline)
-
+{judges}
 Every pairwise verdict is asked in both orders and averaged.
 
 Examples:
@@ -47,9 +40,24 @@ ARGS = ConfigArgs(
 )
 
 
+def _judges_help() -> str:
+    """The --judge forms, one line each, from the judge registry (a new kind lists itself)."""
+    from seal_core.evaluation.judges import JUDGE_KINDS
+
+    rows = [("none", "refusal metrics only")]
+    for kind, cls in JUDGE_KINDS.items():
+        doc = (cls.__doc__ or "").strip().splitlines()
+        rows.append((cls.spec_form or f"{kind}:MODEL", doc[0].replace("``", "") if doc else ""))
+    width = max(len(form) for form, _ in rows) + 2
+    lines = ["Judges (--judge, required; 'none' for refusal metrics only):"]
+    lines += [f"  {form.ljust(width)}{text}" for form, text in rows]
+    return "\n".join(lines) + "\n"
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "evaluate", help=HELP, description=DESCRIPTION, formatter_class=options.DefaultsHelpFormatter
+        "evaluate", help=HELP, description=DESCRIPTION.format(judges=_judges_help()),
+        formatter_class=options.DefaultsHelpFormatter
     )
     io = p.add_argument_group("generations (candidate and baselines)")
     io.add_argument("--candidate", metavar="FILE", help="candidate generations on the comparison prompts")

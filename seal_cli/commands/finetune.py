@@ -28,9 +28,12 @@ def build_config(args):
 
 def run(args) -> int:
     from seal_core.finetune import finetune
+    from seal_core.training import is_main_process
 
     cfg = build_config(args)
     out = finetune(cfg, resume=args.resume)
+    if not is_main_process():
+        return 0
     print(f"adapter: {out / 'adapter'}")
     if cfg.merge:
         print(f"merged model: {out / 'merged'}")

@@ -6,6 +6,7 @@ import logging
 import sys
 
 from seal_core.ingest import IngestConfig
+from seal_core.ingest.formats import RECORD_FORMATS
 
 from .. import options
 from ..dataclass_args import ConfigArgs
@@ -18,7 +19,7 @@ def register(sub) -> None:
         "ingest",
         help="read JSONL/JSON/CSV/Parquet/HF datasets into canonical samples.parquet",
         description=(
-            "Read conversations (OpenAI messages, Alpaca, ShareGPT, Anthropic HH, prompt/response) from "
+            f"Read conversations (record formats: {', '.join(RECORD_FORMATS)}) from "
             "JSONL, JSON, CSV/TSV or Parquet files (optionally .gz), saved Hugging Face datasets or Hub ids, "
             "and write OUT/samples.parquet, OUT/rejects.parquet, OUT/summary.json and OUT/config.json."
         ),

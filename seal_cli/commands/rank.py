@@ -28,10 +28,12 @@ def build_config(args):
 def run(args) -> int:
     from seal_core.errors import SealError
     from seal_core.ranker.run import rank
+    from seal_core.training import is_main_process
 
     cfg = build_config(args)
     if cfg.method in ("seal", "seal-penalty", "dsir") and not cfg.safe:
         raise SealError(f"--method {cfg.method} needs --safe")
     path = rank(cfg, resume=args.resume)
-    print(f"scores: {path}")
+    if is_main_process():
+        print(f"scores: {path}")
     return 0

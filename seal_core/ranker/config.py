@@ -114,6 +114,8 @@ class RankConfig:
     dsir_buckets: int = field(default=10000, metadata={"help": "Hashed n-gram buckets for the dsir baseline."})
     max_steps: int = field(default=0, metadata={"help": "Stop after this many steps in total (0: no limit); for smoke tests."})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
+    processes: int = field(default=1, metadata={"help": "Train on this many local processes (torch.distributed: one "
+                                                         "per GPU, gloo on CPU); > 1 relaunches under torchrun."})
 
     def __post_init__(self):
         for name in ("epochs", "max_length", "batch_size", "safe_batch_size", "micro_batch_size", "score_batch_size"):
@@ -129,6 +131,8 @@ class RankConfig:
             raise ConfigError(f"model_lr must be > 0, got {self.model_lr}")
         if self.checkpoint_every < 0 or self.max_steps < 0:
             raise ConfigError("checkpoint_every and max_steps must be >= 0")
+        if self.processes < 1:
+            raise ConfigError(f"processes must be >= 1, got {self.processes}")
 
     def gamma(self, epoch: int) -> float:
         """Upper-level weight in ``epoch`` (0-based): gamma0 - delta*epoch, floored at 0."""

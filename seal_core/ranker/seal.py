@@ -30,12 +30,14 @@ import torch
 
 from ..config import to_dict
 from ..errors import SealError
-from ..training import ProgressFn, TrainingRun, adapter_state, load_adapter_state, micro_batches, oom_as_error, seed_all
+from ..training import (Dist, ProgressFn, TrainingRun, adapter_state, attach_lora, load_adapter_state, micro_batches,
+                        oom_as_error, seed_all)
 from .config import RankConfig
 from .selector import FreeLogitSelector, selector_entropy, selector_objective, selector_weights
 
 # Keys that may differ between a checkpointed run and its resumption (they do not change the maths).
-_RESUME_FREE_KEYS = {"progress", "max_steps", "out", "checkpoint_every", "device", "score_batch_size"}
+# processes is checked apart, against the checkpoint's world size, with a message that says so.
+_RESUME_FREE_KEYS = {"progress", "max_steps", "out", "checkpoint_every", "device", "score_batch_size", "processes"}
 # Safe-set batches are reshuffled per safe epoch with seeds far from the pool's (seed + epoch).
 _SAFE_SEED_STRIDE = 7919
 
@@ -77,8 +79,9 @@ class SealLoopState:
 class _Data:
     """The id-sorted pool and the safe set, tokenised, batched onto the model's device."""
 
-    def __init__(self, cfg: RankConfig, pool_enc: list, safe_enc: list, pad_id: int, device):
+    def __init__(self, cfg: RankConfig, pool_enc: list, safe_enc: list, pad_id: int, device, dist: Dist):
         self.cfg, self.pool, self.safe, self.pad_id, self.device = cfg, pool_enc, safe_enc, pad_id, device
+        self.dist = dist
         self.pool_lengths = [e.n_tokens for e in pool_enc]
         self.safe_lengths = [e.n_tokens for e in safe_enc]
 
@@ -109,59 +112,64 @@ class _Data:
         return b
 
     def safe_loss(self, model, s_idx: list[int], gamma: float) -> float:
-        """Mean safe-set loss of ``s_idx``; backpropagates ``gamma*L_safe`` when ``gamma > 0``."""
+        """Mean safe-set loss of ``s_idx``; backpropagates ``gamma*L_safe`` when ``gamma > 0``.
+
+        Under torch.distributed this rank takes its share of ``s_idx``; the loss is divided by the
+        global batch size, so the ranks' summed gradients and losses are the one-process ones.
+        """
         from ..tokenization import per_sample_loss
 
-        parts = micro_batches(s_idx, self.cfg.micro_batch_size)
+        parts = micro_batches(self.dist.share(s_idx), self.cfg.micro_batch_size)
         if gamma <= 0:
             with torch.no_grad():
-                return sum(per_sample_loss(model, self._tensors(self.safe, mb)).sum().item()
-                           for mb in parts) / len(s_idx)
+                total = sum(per_sample_loss(model, self._tensors(self.safe, mb)).sum().item()
+                            for mb in parts) / len(s_idx)
+            return self.dist.sum_scalar(total, self.device)
         total = 0.0
         for mb in parts:
             ls = per_sample_loss(model, self._tensors(self.safe, mb))
             (gamma * ls.sum() / len(s_idx)).backward()
             total += ls.detach().sum().item() / len(s_idx)
-        return total
+        return self.dist.sum_scalar(total, self.device)
 
     def pool_losses(self, model, idx: list[int], w: torch.Tensor, scale: float, train: bool) -> torch.Tensor:
-        """Per-sample losses of ``idx``; backpropagates ``scale*mean(w*l)`` when ``train``."""
+        """Per-sample losses of ``idx``; backpropagates ``scale*mean(w*l)`` when ``train``.
+
+        Under torch.distributed this rank computes its share and the losses are gathered.
+        """
         from ..tokenization import per_sample_loss
 
+        n = len(idx)
+        if self.dist.enabled:
+            idx, w = self.dist.share(idx), w[self.dist.positions(n)]
         out = torch.empty(len(idx), device=self.device)
         pos = 0
         for mb in micro_batches(idx, self.cfg.micro_batch_size):
             if train:
                 l = per_sample_loss(model, self._tensors(self.pool, mb))
-                (scale * (w[pos: pos + len(mb)] * l).sum() / len(idx)).backward()
+                (scale * (w[pos: pos + len(mb)] * l).sum() / n).backward()
             else:
                 with torch.no_grad():
                     l = per_sample_loss(model, self._tensors(self.pool, mb))
             out[pos: pos + len(mb)] = l.detach().float()
             pos += len(mb)
-        return out
+        return self.dist.gather(out, n)
 
 
 class _Learners:
     """What the loop trains: the upper adapter, the lower adapter (seal-penalty) and the selector."""
 
     def __init__(self, cfg: RankConfig, model, n: int, device):
-        from ..models import LoraSettings, adapter_parameters, add_lora
+        from ..models import adapter_parameters
 
         self.penalty = cfg.method == "seal-penalty"
-        lora = LoraSettings(r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
-                            target_modules=tuple(cfg.lora.target_modules))
-        model = add_lora(model, lora, adapter_name="default")
-        if self.penalty:
-            model = add_lora(model, lora, adapter_name="lower")
-            model.set_adapter("default")
-        if cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            model.enable_input_require_grads()
-        model.train()
+        names = ("default", "lower") if self.penalty else ("default",)
+        model = attach_lora(model, cfg.lora, names, cfg.gradient_checkpointing)
         self.model = model
-        self.opt = torch.optim.AdamW(adapter_parameters(model, "default"), lr=cfg.model_lr, weight_decay=0.0)
-        self.opt_lower = (torch.optim.AdamW(adapter_parameters(model, "lower"), lr=cfg.model_lr, weight_decay=0.0)
+        self.params = adapter_parameters(model, "default")
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.model_lr, weight_decay=0.0)
+        self.params_lower = adapter_parameters(model, "lower") if self.penalty else []
+        self.opt_lower = (torch.optim.AdamW(self.params_lower, lr=cfg.model_lr, weight_decay=0.0)
                           if self.penalty else None)
         self.selector = FreeLogitSelector(n, cfg.selector, device)
 
@@ -192,6 +200,7 @@ def upper_step(learners: _Learners, data: _Data, idx: list[int], s_idx: list[int
     safe_loss = data.safe_loss(learners.model, s_idx, gamma)
     # With gamma = 1 the pool term carries no gradient: its losses are only read.
     l_upper = data.pool_losses(learners.model, idx, w, 1.0 - gamma, train=gamma < 1.0)
+    data.dist.sum_grads(learners.params)
     learners.opt.step()
     return safe_loss, l_upper
 
@@ -201,6 +210,7 @@ def lower_step(learners: _Learners, data: _Data, idx: list[int], w: torch.Tensor
     learners.model.set_adapter("lower")
     learners.opt_lower.zero_grad(set_to_none=True)
     l_lower = data.pool_losses(learners.model, idx, w, 1.0, train=True)
+    data.dist.sum_grads(learners.params_lower)
     learners.opt_lower.step()
     learners.model.set_adapter("default")
     return l_lower
@@ -233,7 +243,7 @@ def bilevel_step(learners: _Learners, data: _Data, state: SealLoopState, idx: li
 
 
 def train_seal(cfg: RankConfig, model, tokenizer, pool_enc: list, safe_enc: list, out_dir: Path,
-               resume: bool = False, on_progress: Optional[ProgressFn] = None) -> SealState:
+               resume: bool = False, on_progress: Optional[ProgressFn] = None, dist: Dist = Dist()) -> SealState:
     """Run the bilevel loop; ``pool_enc`` must be sorted by ``sample_id``.
 
     Returns the selector and the LoRA-adapted model. Checkpoints go to
@@ -249,15 +259,16 @@ def train_seal(cfg: RankConfig, model, tokenizer, pool_enc: list, safe_enc: list
     device = next(model.parameters()).device
     sample_ids = [e.sample_id for e in pool_enc]
     run = TrainingRun(out_dir, to_dict(cfg), sample_ids, free_keys=_RESUME_FREE_KEYS, data_name="pool",
-                      desc=f"rank[{cfg.method}]", progress=cfg.progress, on_progress=on_progress)
-    data = _Data(cfg, pool_enc, safe_enc, pad_token_id(tokenizer), device)
+                      desc=f"rank[{cfg.method}]", progress=cfg.progress, on_progress=on_progress, dist=dist)
+    data = _Data(cfg, pool_enc, safe_enc, pad_token_id(tokenizer), device, dist)
 
     # setup: seed, the initial losses (LoRA starts at B=0, so the bare model's are l_i(theta_0)), learners
     seed_all(cfg.seed)
     state = SealLoopState()
     if cfg.method == "seal" and cfg.selector.baseline == "initial" and not run.can_resume(resume):
         state.baseline = torch.as_tensor(score_losses(model, tokenizer, pool_enc, cfg.score_batch_size, cfg.progress,
-                                                      desc="initial losses"), dtype=torch.float32, device=device)
+                                                      desc="initial losses", dist=dist),
+                                         dtype=torch.float32, device=device)
     learners = _Learners(cfg, model, len(pool_enc), device)
     ck = run.restore(resume)
     if ck is not None:
@@ -270,31 +281,21 @@ def train_seal(cfg: RankConfig, model, tokenizer, pool_enc: list, safe_enc: list
     total_steps = len(data.pool_order(0)) * cfg.epochs
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
-    completed = True
     oom = (f"out of memory training the ranker on {cfg.model} (micro_batch_size={cfg.micro_batch_size}, "
            f"max_length={cfg.max_length}); lower them or set gradient_checkpointing=true")
     with run.progress(total_steps, state.step), oom_as_error(oom):
-        while state.epoch < cfg.epochs and completed:
-            order, gamma = data.pool_order(state.epoch), cfg.gamma(state.epoch)
-            while state.batch_pos < len(order):
-                if cfg.max_steps and state.step >= cfg.max_steps:
-                    completed = False
-                    break
-                # one bilevel step: upper LoRA, lower LoRA (penalty), selector
-                rec = bilevel_step(learners, data, state, order[state.batch_pos], gamma)
-                state.step, state.batch_pos = state.step + 1, state.batch_pos + 1
-                rec = {"step": state.step, "epoch": state.epoch + 1, **rec}
-                run.log(rec, ep=state.epoch + 1, safe=f"{rec['safe_loss']:.3f}", pool=f"{rec['pool_loss']:.3f}",
-                        g=f"{gamma:.2f}", H=f"{rec['selector_entropy']:.4f}")
-                if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
-                    checkpoint()
-            if completed:
-                state.epoch, state.batch_pos = state.epoch + 1, 0
-            checkpoint()
+        for idx in run.steps(state, cfg.epochs, cfg.max_steps, cfg.checkpoint_every, data.pool_order, checkpoint):
+            # one bilevel step: upper LoRA, lower LoRA (penalty), selector
+            gamma = cfg.gamma(state.epoch)
+            rec = {"step": state.step + 1, "epoch": state.epoch + 1,
+                   **bilevel_step(learners, data, state, idx, gamma)}
+            run.log(rec, ep=state.epoch + 1, safe=f"{rec['safe_loss']:.3f}", pool=f"{rec['pool_loss']:.3f}",
+                    g=f"{gamma:.2f}", H=f"{rec['selector_entropy']:.4f}")
     if learners.penalty:
         learners.model.set_adapter("default")
     z = learners.selector.z.detach()
-    return SealState(sample_ids, z, selector_weights(z, cfg.selector.weighting), learners.model, state.step, completed)
+    weights = selector_weights(z, cfg.selector.weighting)
+    return SealState(sample_ids, z, weights, learners.model, state.step, run.completed)
 
 
 __all__ = ["SealState", "SealLoopState", "train_seal", "bilevel_step", "upper_step", "lower_step",

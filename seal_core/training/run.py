@@ -13,7 +13,7 @@ import contextlib
 import json
 import sys
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import torch
 
@@ -21,6 +21,7 @@ from ..errors import SealError
 from ..faults import fault_point
 from ..progress import ProgressFn
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .distributed import Dist
 from .state import rng_state, set_rng_state
 
 CHECKPOINT_NAME = "last.safetensors"
@@ -97,7 +98,9 @@ class TrainingRun:
     """
 
     def __init__(self, out_dir: Path, config: dict, sample_ids: list[str], *, free_keys: Iterable[str],
-                 data_name: str, desc: str, progress: bool = True, on_progress: Optional[ProgressFn] = None):
+                 data_name: str, desc: str, progress: bool = True, on_progress: Optional[ProgressFn] = None,
+                 dist: Dist = Dist()):
+        self.dist = dist
         self.out_dir = Path(out_dir)
         self.checkpoint_path = self.out_dir / "checkpoints" / CHECKPOINT_NAME
         self.log_path = self.out_dir / "train_log.jsonl"
@@ -109,6 +112,7 @@ class TrainingRun:
         self.show_progress = progress
         self.on_progress = on_progress
         self.total_steps = 0
+        self.completed = True
         self._bar = None
 
     def can_resume(self, resume: bool) -> bool:
@@ -124,19 +128,32 @@ class TrainingRun:
         if self.can_resume(resume):
             ck = load_checked_checkpoint(self.checkpoint_path, self.sample_ids, self.config, self.free_keys,
                                          self.data_name)
-            set_rng_state(ck["rng"])
-            trim_log(self.log_path, ck["step"])
-            print(f"{self.desc}: resuming from step {ck['step']} ({self.checkpoint_path})", file=sys.stderr)
+            world = ck.get("world_size", 1)
+            if world != self.dist.world_size:
+                # Each rank's RNG stream and share of every batch depend on the world size.
+                raise SealError(f"{self.checkpoint_path} was written by {world} process(es); resume it with "
+                                f"{world} (this run has {self.dist.world_size}), or rerun without --resume")
+            set_rng_state(ck["rng_ranks"][self.dist.rank] if world > 1 else ck["rng"])
+            if self.dist.is_main:
+                trim_log(self.log_path, ck["step"])
+                print(f"{self.desc}: resuming from step {ck['step']} ({self.checkpoint_path})", file=sys.stderr)
             return ck
-        if resume:
-            print(f"no checkpoint at {self.checkpoint_path}; starting from scratch", file=sys.stderr)
-        if self.log_path.exists():
-            self.log_path.unlink()
+        if self.dist.is_main:
+            if resume:
+                print(f"no checkpoint at {self.checkpoint_path}; starting from scratch", file=sys.stderr)
+            if self.log_path.exists():
+                self.log_path.unlink()
         return None
 
     def save(self, state: dict) -> None:
         """Write ``state`` (the loop's ``to_checkpoint()``) atomically: a crash keeps the previous one."""
-        ck = {"config": self.config, "sample_ids": self.sample_ids, **state, "rng": rng_state()}
+        rngs = self.dist.gather_objects(rng_state())
+        if not self.dist.is_main:
+            return
+        ck = {"config": self.config, "sample_ids": self.sample_ids, **state, "rng": rngs[0],
+              "world_size": self.dist.world_size}
+        if self.dist.enabled:
+            ck["rng_ranks"] = rngs
         save_checkpoint(self.checkpoint_path, ck)
 
     @contextlib.contextmanager
@@ -145,20 +162,49 @@ class TrainingRun:
 
         self.total_steps = total_steps
         self._bar = tqdm(total=total_steps, initial=initial_step, desc=self.desc, unit="step",
-                         disable=not self.show_progress, dynamic_ncols=True)
+                         disable=not (self.show_progress and self.dist.is_main), dynamic_ncols=True)
         try:
             yield
         finally:
             self._bar.close()
             self._bar = None
 
+    def steps(self, state, epochs: int, max_steps: int, checkpoint_every: int,
+              batches_of_epoch: Callable[[int], list[list[int]]], checkpoint: Callable[[], None],
+              end_epoch: Optional[Callable[[], None]] = None) -> Iterator[list[int]]:
+        """Yield the batches still to train, in order, keeping ``state`` and the checkpoints in step.
+
+        ``state`` has ``epoch``, ``batch_pos`` and ``step``. The loop body trains on the batch and
+        logs it as step ``state.step + 1``; then the position advances and a checkpoint is written
+        every ``checkpoint_every`` steps, at each epoch end (after ``end_epoch``, or a plain move to
+        the next epoch) and when ``max_steps`` stops the run. ``self.completed`` says which.
+        """
+        self.completed = True
+        while state.epoch < epochs and self.completed:
+            batches = batches_of_epoch(state.epoch)
+            while state.batch_pos < len(batches):
+                if max_steps and state.step >= max_steps:
+                    self.completed = False
+                    break
+                yield batches[state.batch_pos]
+                state.step, state.batch_pos = state.step + 1, state.batch_pos + 1
+                if checkpoint_every and state.step % checkpoint_every == 0:
+                    checkpoint()
+            if self.completed:
+                if end_epoch is not None:
+                    end_epoch()
+                else:
+                    state.epoch, state.batch_pos = state.epoch + 1, 0
+            checkpoint()
+
     def log(self, rec: dict, **postfix) -> None:
-        """Append one step's record to the log, advance the bar, and tell ``on_progress``."""
-        with open(self.log_path, "a") as fh:
-            fh.write(json.dumps(rec) + "\n")
-        if self._bar is not None:
-            self._bar.update(1)
-            self._bar.set_postfix(**postfix)
-        if self.on_progress:
-            self.on_progress({**rec, "total_steps": self.total_steps})
+        """Append one step's record to the log, advance the bar, and tell ``on_progress`` (rank 0 only)."""
+        if self.dist.is_main:
+            with open(self.log_path, "a") as fh:
+                fh.write(json.dumps(rec) + "\n")
+            if self._bar is not None:
+                self._bar.update(1)
+                self._bar.set_postfix(**postfix)
+            if self.on_progress:
+                self.on_progress({**rec, "total_steps": self.total_steps})
         fault_point("step")

@@ -36,3 +36,23 @@ def load_adapter_state(model, state: dict[str, torch.Tensor]) -> None:
     with torch.no_grad():
         for k, v in state.items():
             params[k].copy_(v)
+
+
+def attach_lora(model, lora, names: tuple[str, ...] = ("default",), gradient_checkpointing: bool = False):
+    """``model`` with a fresh LoRA adapter per name (``lora``: a ``LoraConfig``), ``names[0]`` active, in train mode.
+
+    Only adapter weights are trainable. Gradient checkpointing needs the inputs to require grad,
+    or the frozen embeddings would cut the graph before the first adapted layer.
+    """
+    from ..models import LoraSettings, add_lora
+
+    settings = LoraSettings(r=lora.r, alpha=lora.alpha, dropout=lora.dropout, target_modules=tuple(lora.target_modules))
+    for name in names:
+        model = add_lora(model, settings, adapter_name=name)
+    if len(names) > 1:
+        model.set_adapter(names[0])
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    model.train()
+    return model

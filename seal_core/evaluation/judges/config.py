@@ -20,7 +20,7 @@ class JudgeConfig:
     A string ``judge: SPEC`` stands for ``judge: {spec: SPEC}``.
     """
 
-    spec: str = field(default="none", metadata={"help": "'none', 'openai:MODEL@BASE_URL', 'hf:MODEL' or 'rm:MODEL'"})
+    spec: str = field(default="none", metadata={"help": "the judge: KIND:TARGET of a registered kind (`seal evaluate --help` lists them) or 'none'; the command line needs it given"})
     template: str | None = field(default=None, metadata={"help": "file with the pairwise judge prompt ({instruction}, {output_1}, {output_2})"})
     harm_template: str | None = field(default=None, metadata={"help": "file with the harmfulness prompt ({instruction}, {output})"})
     key_env: str = field(default=DEFAULT_KEY_ENV, metadata={"help": "environment variable holding the openai: judge's API key"})

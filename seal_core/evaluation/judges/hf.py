@@ -10,6 +10,7 @@ import json
 from typing import Any, Sequence
 
 from ...errors import ConfigError
+from ...tokenization import pad_token_id
 from .base import Judge, JudgeSpec, PairItem, SingleItem, Verdict
 from .config import JudgeConfig
 from .prompts import (
@@ -67,10 +68,9 @@ class HFJudge(Judge):
         self.has_chat_template = bool(getattr(tokenizer, "chat_template", None))
         self.verdict_ids = self._first_token_ids(VERDICT_TOKENS)
         self.harm_ids = self._first_token_ids(HARM_TOKENS)
-        pad = tokenizer.pad_token_id
-        if pad is None:
-            pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-        self.pad_id = int(pad)
+        pad = pad_token_id(tokenizer)
+        # A tokenizer with neither pad nor EOS token: padding is masked out, so any id will do.
+        self.pad_id = int(pad) if pad is not None else 0
         ctx = getattr(model.config, "max_position_embeddings", None)
         self.context_length = int(ctx) if isinstance(ctx, int) and ctx > 0 else None
 
