@@ -99,7 +99,8 @@ def _turns(items: list, key: str, role_key: str, content_key: str, role_map: dic
         if type(m) is not dict:
             raise RowReject("wrong_type", f"{key}[{i}]", f"{key}[{i}] must be an object, got {type(m).__name__}")
         rk, ck = role_key, content_key
-        if alt_keys is not None and rk not in m and alt_keys[0] in m:
+        # A turn may also use the alternative keys; in Parquet (one column per key) the unused pair is null.
+        if alt_keys is not None and alt_keys[0] in m and (rk not in m or (m[rk] is None and m[alt_keys[0]] is not None)):
             rk, ck = alt_keys
         role = m.get(rk)
         if type(role) is not str:
@@ -234,7 +235,7 @@ class TurnListFormat(RecordFormat):
         try:
             for m in items:
                 role = roles[m[role_key]]
-                content = m[content_key].strip()
+                content = str.strip(m[content_key])  # TypeError, not bytes.strip, for a binary column
                 if not content or role == prev:
                     return None
                 turns.append((role, content))
@@ -302,6 +303,15 @@ class AlpacaFormat(RecordFormat):
         return [("user", user), ("assistant", output)], {k: v for k, v in rec.items() if k not in _ALPACA_KEYS}
 
 
+def _response_key(rec: dict) -> str:
+    """The first response field holding a value, else the first present (its reject says null), else 'response'."""
+    # In Parquet every row has every column, so the response may sit under a later name, the others null.
+    for k in RESPONSE_KEYS:
+        if rec.get(k) is not None:
+            return k
+    return next((k for k in RESPONSE_KEYS if k in rec), "response")
+
+
 class PromptResponseFormat(RecordFormat):
     name = "prompt-response"
     header_fields = ("prompt",) + RESPONSE_KEYS
@@ -312,7 +322,7 @@ class PromptResponseFormat(RecordFormat):
 
     def normalise(self, rec: dict, cfg: Any = None) -> tuple[Turns, dict]:
         prompt = _text(rec, "prompt")
-        key = next((k for k in RESPONSE_KEYS if k in rec), "response")
+        key = _response_key(rec)
         response = _text(rec, key)
         return [("user", prompt), ("assistant", response)], {k: v for k, v in rec.items() if k != "prompt" and k != key}
 

@@ -29,7 +29,8 @@ import orjson
 from ..errors import InputError
 from .formats import RECORD_FORMATS, RowReject
 
-JSON_EXTS = (".jsonl", ".ndjson", ".json")
+JSONL_EXTS = (".jsonl", ".ndjson")
+JSON_EXTS = JSONL_EXTS + (".json",)
 CSV_EXTS = (".csv", ".tsv")
 PARQUET_EXTS = (".parquet", ".pq")
 SUPPORTED = ".jsonl, .ndjson, .json, .csv, .tsv, .parquet (text formats optionally .gz)"
@@ -40,6 +41,9 @@ _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 _SURROGATE = re.compile("[\udc80-\udcff]")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 _HEAD_BYTES = 1 << 16
+# Largest file parsed whole just to tell a JSON document from JSON lines.
+_SNIFF_WHOLE_BYTES = 256 << 20
+_BOM = b"\xef\xbb\xbf"
 _PARQUET_BATCH = 8192
 
 csv.field_size_limit(2**31 - 1)  # long answers exceed the default 128 KiB per cell
@@ -191,7 +195,7 @@ def _file_source(name: str, p: Path, csv_header: str) -> Source:
     if by_name_gz and not compressed:
         raise InputError(f"{name}: named .gz but is not gzip data")
     head = _read_head(p, compressed, name)
-    if not head.strip():
+    if not head.removeprefix(_BOM).strip():
         raise InputError(f"{name}: file is empty{' after decompression' if compressed else ''}")
     if base.endswith(CSV_EXTS):
         src = Source(name, "tsv" if base.endswith(".tsv") else "csv", p, compressed=compressed, size=size)
@@ -200,7 +204,10 @@ def _file_source(name: str, p: Path, csv_header: str) -> Source:
     text_head = head.lstrip(b"\xef\xbb\xbf \t\r\n")
     first = text_head[:1]
     if first == b"[":
-        return Source(name, "json", p, compressed=compressed, size=size)
+        src = Source(name, "json", p, compressed=compressed, size=size)
+        if base.endswith(JSONL_EXTS) and size < _SNIFF_WHOLE_BYTES and type(_whole_document(src)) is not list:
+            src.kind = "jsonl"  # JSON lines whose first line is not an object (nor the start of an array)
+        return src
     if first == b"{":
         src = Source(name, "jsonl", p, compressed=compressed, size=size)
         nl = text_head.find(b"\n")
@@ -209,14 +216,9 @@ def _file_source(name: str, p: Path, csv_header: str) -> Source:
             ok = type(orjson.loads(line)) is dict
         except orjson.JSONDecodeError:
             ok = False
-        if not ok and size < (256 << 20):
-            # Not one object per line: maybe one pretty-printed object (a one-record JSON file).
-            try:
-                obj = orjson.loads(_read_all(src))
-            except (orjson.JSONDecodeError, InputError):
-                obj = None
-            if type(obj) is dict:
-                src.kind, src.json_single_object = "json", True
+        if not ok and size < _SNIFF_WHOLE_BYTES and type(_whole_document(src)) is dict:
+            # Not one object per line but one pretty-printed object (a one-record JSON file).
+            src.kind, src.json_single_object = "json", True
         return src
     if base.endswith(JSON_EXTS):
         # A JSON/JSONL file whose first value is not an object: read as JSONL so
@@ -264,6 +266,32 @@ def _csv_header(src: Source, mode: str) -> None:
         # Headerless: positional prompt[, response] columns (e.g. AdvBench, one prompt per line).
         names = ["prompt", "response"] + [f"column_{i}" for i in range(3, len(row) + 1)]
         src.csv_fieldnames = names[: len(row)]
+
+
+def _parse_json_document(data: bytes) -> tuple[Any, bool]:
+    """The JSON value ``data`` holds, and whether undecodable bytes in it became lone surrogates.
+
+    Raises ``ValueError`` (a ``JSONDecodeError``) if ``data`` is not one JSON value.
+    """
+    data = data.removeprefix(_BOM)
+    try:
+        return orjson.loads(data), False
+    except orjson.JSONDecodeError:
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            # Keep the parseable records: undecodable bytes become surrogates,
+            # and only the records holding them are rejected.
+            return json.loads(data.decode("utf-8", "surrogateescape")), True
+        raise
+
+
+def _whole_document(src: Source) -> Any:
+    """The file's JSON value, or None if it holds no single one."""
+    try:
+        return _parse_json_document(_read_all(src))[0]
+    except (ValueError, RecursionError, InputError):
+        return None
 
 
 def _read_all(src: Source) -> bytes:
@@ -333,13 +361,15 @@ class Reader:
                     try:
                         yield n, loads(line), line
                     except JSONDecodeError as e:
-                        if n == 1 and line.startswith(b"\xef\xbb\xbf"):
+                        bom = n == 1 and line.startswith(_BOM)
+                        body = line[3:] if bom else line
+                        if bom:
                             try:
-                                yield n, loads(line[3:]), line
+                                yield n, loads(body), line
                                 continue
                             except JSONDecodeError:
                                 pass
-                        if not line.strip():
+                        if not body.strip():
                             continue  # blank lines separate nothing; not a record
                         try:
                             line.decode("utf-8")
@@ -352,24 +382,10 @@ class Reader:
 
     def _json(self) -> Iterator[tuple[int, Any, Any]]:
         src = self.src
-        data = _read_all(src)
-        surrogates = False
         try:
-            obj = orjson.loads(data)
-        except orjson.JSONDecodeError as e:
-            try:
-                data.decode("utf-8")
-            except UnicodeDecodeError:
-                # Keep the parseable records: undecodable bytes become surrogates,
-                # and only the records holding them are rejected below.
-                try:
-                    obj = json.loads(data.decode("utf-8", "surrogateescape").lstrip("\ufeff"))
-                except json.JSONDecodeError as e2:
-                    raise InputError(f"{src.name}: not valid JSON ({e2})") from None
-                surrogates = True
-            else:
-                raise InputError(f"{src.name}: not valid JSON ({e})") from None
-        del data
+            obj, surrogates = _parse_json_document(_read_all(src))
+        except (ValueError, RecursionError) as e:
+            raise InputError(f"{src.name}: not valid JSON ({_first_line(str(e)) or type(e).__name__})") from None
         if type(obj) is dict:
             obj = [obj]
         elif type(obj) is not list:
