@@ -35,10 +35,12 @@ from .config import to_dict
 from .errors import ConfigError, SealError
 from .ranker.config import LoraConfig
 from .progress import ProgressFn
+from .tokenization import DEFAULT_LOGITS_BUDGET
 
 # Keys that may differ between a checkpointed run and its resumption (they do not change the maths).
 # processes is checked apart, against the checkpoint's world size, with a message that says so.
-_RESUME_FREE_KEYS = {"out", "progress", "max_steps", "checkpoint_every", "device", "merge", "processes"}
+_RESUME_FREE_KEYS = {"out", "progress", "max_steps", "checkpoint_every", "device", "merge", "processes",
+                     "logits_budget"}
 
 
 @dataclass
@@ -66,6 +68,9 @@ class FinetuneConfig:
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N."})
     dtype: str = field(default="auto", metadata={"help": "auto (cuda: bfloat16, cpu: float32), float32, bfloat16, float16."})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory on long sequences (GPU)."})
+    logits_budget: int = field(default=DEFAULT_LOGITS_BUDGET, metadata={
+        "help": "Most LM-head logits (target tokens x vocabulary) held at once, forward and backward: the head "
+                "runs on logits_budget // vocab tokens at a time. Lower it to save memory; the loss does not change."})
     checkpoint_every: int = field(default=50, metadata={"help": "Write a resumable checkpoint every N steps (0: only at epoch ends)."})
     max_steps: int = field(default=0, metadata={"help": "Stop after this many steps in total (0: no limit); resume later with --resume."})
     max_samples: int = field(default=0, metadata={"help": "Use only the first N samples of data, in file order (for a "
@@ -78,7 +83,7 @@ class FinetuneConfig:
                                                          "per GPU, gloo on CPU); > 1 relaunches under torchrun."})
 
     def __post_init__(self):
-        for name in ("epochs", "max_length", "batch_size", "micro_batch_size"):
+        for name in ("epochs", "max_length", "batch_size", "micro_batch_size", "logits_budget"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {v!r}")
@@ -169,7 +174,7 @@ def sft_step(cfg: FinetuneConfig, model, opt, params: list, encoded: list, idx: 
     for mb in micro_batches(dist.share(idx), cfg.micro_batch_size):
         items = [encoded[i] for i in mb]
         batch = {k: v.to(device) for k, v in collate(items, pad_id).items()}
-        l = per_sample_loss(model, batch)
+        l = per_sample_loss(model, batch, cfg.logits_budget)
         if cfg.loss_reduction == "token":
             w = torch.tensor([e.n_target_tokens for e in items], dtype=l.dtype, device=l.device)
             contrib = (l * w).sum() / denom
@@ -311,26 +316,14 @@ def save_merged(model, tokenizer, path: Path) -> Path:
 
 def finetune(cfg: FinetuneConfig, resume: bool = False, on_progress: Optional[ProgressFn] = None) -> Path:
     """Fine-tune a LoRA adapter on ``cfg.data`` (+ ``cfg.mix_safe``); returns the output directory."""
-    import contextlib
-
-    from .runlock import run_lock
-    from .training import init_distributed, shutdown_distributed
-    from .training.launch import launch_processes, under_torchrun
+    from .training.launch import run_training_stage
 
     if not cfg.out:
         raise SealError("no output directory given (--out)")
-    if cfg.processes > 1 and not under_torchrun():
-        launch_processes("finetune", cfg, cfg.processes, resume)
-        return Path(cfg.out)
     # Under torchrun every rank trains its share of each batch; rank 0 alone holds the lock and writes.
-    dist = init_distributed(cfg.device)
-    try:
-        with run_lock(cfg.out) if dist.is_main else contextlib.nullcontext():
-            out = _finetune(cfg, Path(cfg.out), resume, on_progress, dist)
-        dist.barrier()
-        return out
-    finally:
-        shutdown_distributed()
+    return run_training_stage("finetune", cfg, resume,
+                              lambda dist: _finetune(cfg, Path(cfg.out), resume, on_progress, dist),
+                              launched=lambda: Path(cfg.out))
 
 
 def _finetune(cfg: FinetuneConfig, out: Path, resume: bool, on_progress: Optional[ProgressFn], dist) -> Path:

@@ -278,6 +278,8 @@ def generate_batch(model, tokenizer, batch_ids: list[list[int]], cfg: GenerateCo
     import torch
     from transformers import GenerationConfig
 
+    # Without a pad token, pad with a stop token (not pad_token_id()'s EOS, which may not stop this model's
+    # chat turns), so a finished row's padding reads as finished.
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
     tokenizer.padding_side = "left"
     enc = tokenizer.pad({"input_ids": batch_ids}, padding=True, return_tensors="pt")

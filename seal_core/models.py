@@ -264,6 +264,7 @@ def tiny_model(seed: int = 0):
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         tie_word_embeddings=True,  # like SmolLM2
+        attn_implementation="sdpa",  # as load_model asks of every model
     )
     # fork_rng: seeding must not disturb the caller's global RNG stream.
     with torch.random.fork_rng(devices=[]):
@@ -310,7 +311,9 @@ def _load_model(name_or_path: str, device: str, dtype: str, seed: int):
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise SealError(f"cannot load tokenizer for model '{name}': {_one_line(e)}") from None
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **extra)
+        # SDPA picks a fused kernel (flash / memory-efficient, on CPU too) that never materialises
+        # the [batch, heads, length, length] attention weights eager attention keeps for backward.
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, attn_implementation="sdpa", **extra)
         model = model.to(dev)
     except torch.OutOfMemoryError:
         raise SealError(

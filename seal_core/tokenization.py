@@ -19,6 +19,10 @@ from .errors import ConfigError, SealError
 IGNORE_INDEX = -100
 TRAIN_ON = ("final", "all")
 TRUNCATION = ("keep_prompt", "left", "right", "drop")
+# 2**24 logits = 64 MiB in float32, 341 rows of SmolLM2's 49152-entry vocabulary: an 8 x 512
+# micro-batch's head then needs a few hundred MB instead of ~2.4 GB, at no measurable cost in speed
+# (bench/ranker_speed.py --budgets).
+DEFAULT_LOGITS_BUDGET = 2**24
 
 
 @dataclass
@@ -221,6 +225,19 @@ def length_grouped_batches(lengths: list[int], batch_size: int, seed: int, shuff
     return batches
 
 
+def token_budget_batches(lengths: list[int], max_tokens: int) -> list[list[int]]:
+    """Indices sorted by length (longest first, ties by index), cut into batches whose padded size
+    (samples x longest length) stays within ``max_tokens``; a longer sample gets a batch of its own."""
+    batches: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        # Sorted longest first, so a batch's first sample sets its padded width.
+        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= max_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 def pad_token_id(tokenizer) -> int:
     """The id padding uses: the tokenizer's pad token, else its end-of-sequence token.
 
@@ -270,15 +287,17 @@ def _backbone_and_head(model):
     return m, backbone, head
 
 
-def per_sample_loss(model, batch: dict):
+def per_sample_loss(model, batch: dict, logits_budget: int = DEFAULT_LOGITS_BUDGET):
     """Mean next-token NLL over each sample's target tokens -> float32 tensor of shape [B].
 
     Runs the backbone once, then applies ``lm_head`` only at positions whose next label is a target
-    (full-vocab logits are never built for every position). Differentiable. A sample with no target
-    token gets NaN (0/0).
+    (full-vocab logits are never built for every position), in chunks of at most ``logits_budget``
+    logits, forward and backward (:func:`~seal_core.head_loss.head_nll`). Differentiable. A sample
+    with no target token gets NaN (0/0).
     """
     import torch
-    import torch.nn.functional as F
+
+    from .head_loss import head_nll
 
     m, backbone, head = _backbone_and_head(model)
     device = next(head.parameters()).device
@@ -293,11 +312,8 @@ def per_sample_loss(model, batch: dict):
     keep = next_labels != IGNORE_INDEX
     rows = keep.nonzero(as_tuple=True)[0]
     h = hidden[:, :-1][keep]
-    logits = head(h).float()
     softcap = getattr(m.config, "final_logit_softcapping", None)
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
-    nll = F.cross_entropy(logits, next_labels[keep], reduction="none")
+    nll = head_nll(head, h, next_labels[keep], softcap, logits_budget)
     b = input_ids.shape[0]
     total = torch.zeros(b, dtype=torch.float32, device=device).index_add(0, rows, nll)
     count = torch.zeros(b, dtype=torch.float32, device=device).index_add(
@@ -307,10 +323,12 @@ def per_sample_loss(model, batch: dict):
 
 
 def score_losses(model, tokenizer, encoded: list, batch_size: int, progress: bool = True, desc: str = "score",
-                 dist=None):
+                 dist=None, logits_budget: int = DEFAULT_LOGITS_BUDGET):
     """Per-sample loss of each encoded sample, in input order, as a float64 NumPy array.
 
-    No gradient; batches are length-grouped (in a fixed order) so padding stays small.
+    No gradient. Samples are sorted by length and batched by tokens: every batch pads to at most
+    ``batch_size`` times the longest sample's length, so the longest samples go ``batch_size`` at a
+    time and shorter ones more at once, for the same peak memory.
     Under torch.distributed (``dist``: a :class:`~seal_core.training.Dist`) each rank scores
     every ``world_size``-th batch and every rank returns the whole array.
     """
@@ -321,7 +339,8 @@ def score_losses(model, tokenizer, encoded: list, batch_size: int, progress: boo
     device = next(model.parameters()).device
     pad_id = pad_token_id(tokenizer)
     out = np.full(len(encoded), np.nan)
-    batches = length_grouped_batches([e.n_tokens for e in encoded], batch_size, seed=0, shuffle=False)
+    lengths = [e.n_tokens for e in encoded]
+    batches = token_budget_batches(lengths, batch_size * max(lengths, default=0))
     if dist is not None and dist.enabled:
         batches = batches[dist.rank::dist.world_size]
         progress = progress and dist.is_main
@@ -331,7 +350,7 @@ def score_losses(model, tokenizer, encoded: list, batch_size: int, progress: boo
         with torch.no_grad():
             for idx in tqdm(batches, desc=desc, unit="batch", disable=not progress, dynamic_ncols=True):
                 batch = {k: v.to(device) for k, v in collate([encoded[i] for i in idx], pad_id).items()}
-                out[idx] = per_sample_loss(model, batch).float().cpu().numpy()
+                out[idx] = per_sample_loss(model, batch, logits_budget).float().cpu().numpy()
     except torch.OutOfMemoryError:
         raise SealError(f"out of memory scoring with batch size {batch_size}; lower score_batch_size") from None
     finally:
@@ -351,5 +370,6 @@ def score_losses(model, tokenizer, encoded: list, batch_size: int, progress: boo
 
 __all__ = [
     "IGNORE_INDEX", "Encoded", "encode_messages", "encode_samples", "check_encode_options",
-    "length_grouped_batches", "pad_token_id", "collate", "per_sample_loss", "score_losses",
+    "length_grouped_batches", "token_budget_batches", "pad_token_id", "collate", "DEFAULT_LOGITS_BUDGET",
+    "per_sample_loss", "score_losses",
 ]

@@ -18,6 +18,8 @@ from seal_core.tokenization import (
     encode_samples,
     length_grouped_batches,
     per_sample_loss,
+    score_losses,
+    token_budget_batches,
 )
 
 CONV = [
@@ -202,6 +204,19 @@ def test_length_grouped_batches():
         length_grouped_batches([1, 2], batch_size=0, seed=0)
 
 
+def test_token_budget_batches():
+    rng = random.Random(2)
+    lengths = [rng.randint(3, 300) for _ in range(517)]
+    batches = token_budget_batches(lengths, max_tokens=1200)
+    flat = [i for b in batches for i in b]
+    assert [lengths[i] for i in flat] == sorted(lengths, reverse=True) and sorted(flat) == list(range(517))
+    assert all(len(b) * max(lengths[i] for i in b) <= 1200 for b in batches)
+    # greedy: the next sample would not have fitted
+    assert all(len(b) * lengths[b[0]] + lengths[b[0]] > 1200 for b in batches[:-1])
+    assert token_budget_batches([5, 9, 5], max_tokens=4) == [[1], [0], [2]]
+    assert token_budget_batches([], max_tokens=10) == []
+
+
 # ----------------------------------------------------------------------------- per-sample loss
 
 
@@ -315,3 +330,69 @@ def test_keep_prompt_truncation_keeps_request_and_answer_start():
         # The answer gets at least half the budget, and the oldest turn goes first.
         assert e.n_target_tokens >= max_length // 2 - 1
     assert "old question" not in tok.decode(encode_messages(tok, msgs, 60, truncation="keep_prompt").input_ids)
+
+
+def _loss_and_grads(model, batch, budget, params):
+    ls = per_sample_loss(model, batch, logits_budget=budget)
+    # Unequal weights, so each sample's gradient is checked, not only their sum.
+    (ls * torch.tensor([0.3, 1.7, -0.9])).sum().backward()
+    grads = [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    return ls.detach(), grads
+
+
+@pytest.mark.parametrize("softcap", [None, 2.0])
+@pytest.mark.parametrize("train_head", [False, True])
+def test_chunked_head_loss_equals_unchunked_with_grads(softcap, train_head):
+    model, tok = models.tiny_model(seed=2)
+    peft_model = models.add_lora(model, models.LoraSettings(r=4, alpha=8))
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(len(n)))
+    model.config.final_logit_softcapping = softcap
+    head = model.get_output_embeddings()
+    # A trainable head takes the checkpointed path; LoRA's frozen one the precomputed-Jacobian path.
+    head.weight.requires_grad_(train_head)
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    _, batch = make_batch(tok)
+    n_targets = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    vocab = head.weight.shape[0]
+    ref, ref_grads = _loss_and_grads(peft_model, batch, n_targets * vocab, params)
+
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel() if t.dim() and t.shape[-1] == vocab else 0)
+        return t
+
+    budget = 3 * vocab + 5  # 3 rows per chunk, the last one short
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        ours, grads = _loss_and_grads(peft_model, batch, budget, params)
+    torch.testing.assert_close(ours, ref, atol=1e-6, rtol=0)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, atol=1e-6, rtol=1e-5)
+    assert max(saved) <= budget  # no full-vocab logits kept for the backward
+    with torch.no_grad():
+        torch.testing.assert_close(per_sample_loss(peft_model, batch, logits_budget=budget), ref, atol=1e-6, rtol=0)
+
+
+def test_score_losses_equal_single_sample_losses(tiny):
+    model, tok = tiny
+    items = [encode_messages(tok, c, max_length=512) for c in (CONV, CONV[:3], CONV[:3] * 2, CONV[1:3])]
+    got = score_losses(model, tok, items, batch_size=2, progress=False)
+    with torch.no_grad():
+        want = [per_sample_loss(model, collate([e], tok.pad_token_id))[0].item() for e in items]
+    assert got == pytest.approx(want, abs=1e-5)
+
+
+def test_logits_budget_is_a_checked_config_field():
+    from seal_core.config import from_dict
+    from seal_core.finetune import FinetuneConfig
+    from seal_core.ranker.config import RankConfig
+
+    for cls in (RankConfig, FinetuneConfig):
+        assert from_dict(cls, {"logits_budget": 4096}).logits_budget == 4096
+        with pytest.raises(ConfigError, match="logits_budget"):
+            from_dict(cls, {"logits_budget": 0})

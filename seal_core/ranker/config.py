@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from ..errors import ConfigError
+from ..tokenization import DEFAULT_LOGITS_BUDGET
 
 
 @dataclass
@@ -110,7 +111,12 @@ class RankConfig:
     dtype: str = field(default="auto", metadata={"help": "auto (cuda: bfloat16, cpu: float32), float32, bfloat16, float16."})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory on long sequences (GPU)."})
     checkpoint_every: int = field(default=20, metadata={"help": "Write a resumable checkpoint every N steps (0: only at epoch ends)."})
-    score_batch_size: int = field(default=16, metadata={"help": "Batch size of the final per-sample loss pass."})
+    score_batch_size: int = field(default=16, metadata={"help": "Batch size of the final per-sample loss pass at the "
+                                                                 "longest length; shorter samples go more at once, in "
+                                                                 "batches of the same number of tokens."})
+    logits_budget: int = field(default=DEFAULT_LOGITS_BUDGET, metadata={
+        "help": "Most LM-head logits (target tokens x vocabulary) held at once, forward and backward: the head "
+                "runs on logits_budget // vocab tokens at a time. Lower it to save memory; the losses do not change."})
     dsir_buckets: int = field(default=10000, metadata={"help": "Hashed n-gram buckets for the dsir baseline."})
     max_steps: int = field(default=0, metadata={"help": "Stop after this many steps in total (0: no limit); for smoke tests."})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
@@ -118,7 +124,8 @@ class RankConfig:
                                                          "per GPU, gloo on CPU); > 1 relaunches under torchrun."})
 
     def __post_init__(self):
-        for name in ("epochs", "max_length", "batch_size", "safe_batch_size", "micro_batch_size", "score_batch_size"):
+        for name in ("epochs", "max_length", "batch_size", "safe_batch_size", "micro_batch_size", "score_batch_size",
+                     "logits_budget"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.micro_batch_size > self.batch_size:

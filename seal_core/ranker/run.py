@@ -21,9 +21,11 @@ from ..config import to_dict
 from ..errors import SealError
 from ..ingest import load_required_samples
 from ..io import fingerprint_file, save_resolved_config, write_parquet
-from ..runlock import run_lock
 from ..progress import ProgressFn
+from ..training import Dist, device_for
+from ..training.launch import run_training_stage
 from .config import RankConfig
+from .pool import open_pool
 from .scores import write_scores
 from .seal import train_seal
 
@@ -37,25 +39,23 @@ def rank(cfg: RankConfig, resume: bool = False, on_progress: Optional[ProgressFn
     """Run ``cfg.method`` and write ``cfg.out/scores.parquet``; returns its path."""
     if not cfg.out:
         raise SealError("no output directory given (--out)")
-    with run_lock(cfg.out):
-        return _rank(cfg, Path(cfg.out), resume, on_progress)
+    # Under torchrun every rank trains; rank 0 alone holds the lock and writes.
+    return run_training_stage("rank", cfg, resume, lambda dist: _rank(cfg, Path(cfg.out), resume, on_progress, dist),
+                              launched=lambda: Path(cfg.out) / "scores.parquet")
 
 
-def _rank(cfg: RankConfig, out: Path, resume: bool, on_progress: Optional[ProgressFn]) -> Path:
+def _rank(cfg: RankConfig, out: Path, resume: bool, on_progress: Optional[ProgressFn], dist: Dist) -> Path:
     t0 = time.time()
-    pool = load_required_samples(cfg.pool, "pool")
-    # Sorting by id makes every result independent of the pool's file order.
-    pool.sort(key=lambda s: s["sample_id"])
-    ids = [s["sample_id"] for s in pool]
-    if len(set(ids)) != len(ids):
-        raise SealError(f"pool {cfg.pool} has duplicate sample_ids; ingest it first to drop duplicates")
+    pool = open_pool(cfg.pool, "pool")
+    ids = pool.sample_ids
     meta = {
         "method": cfg.method,
         "model": cfg.model,
         "config": to_dict(cfg),
         "inputs": {"pool": {"path": cfg.pool, "fingerprint": _fingerprint(cfg.pool), "n": len(pool)}},
     }
-    save_resolved_config(out, cfg)
+    if dist.is_main:
+        save_resolved_config(out, cfg)
 
     weights = losses = None
     dropped: list[dict] = []
@@ -68,40 +68,42 @@ def _rank(cfg: RankConfig, out: Path, resume: bool, on_progress: Optional[Progre
 
         safe = load_required_samples(cfg.safe, "safe set")
         meta["inputs"]["safe"] = {"path": cfg.safe, "fingerprint": _fingerprint(cfg.safe), "n": len(safe)}
-        scores = np.asarray(dsir_scores(pool, safe, n_buckets=cfg.dsir_buckets), dtype=np.float64)
+        scores = np.asarray(dsir_scores(pool.samples(), safe, n_buckets=cfg.dsir_buckets), dtype=np.float64)
     else:
         from ..models import load_model, model_id
         from ..tokenization import encode_samples, score_losses
 
-        model, tok = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, seed=cfg.seed)
+        model, tok = load_model(cfg.model, device=device_for(dist, cfg.device), dtype=cfg.dtype, seed=cfg.seed)
         meta["model_id"] = model_id(cfg.model)
-        enc, dropped = encode_samples(tok, pool, cfg.max_length, cfg.train_on, cfg.truncation)
-        pos = {e.sample_id: i for i, e in enumerate(enc)}
-        enc_ids = [e.sample_id for e in enc]
+        enc, dropped = pool.encode(tok, cfg.max_length, cfg.train_on, cfg.truncation)
+        pos = pool.positions(enc)
         if cfg.method == "loss":
-            l = score_losses(model, tok, enc, cfg.score_batch_size, cfg.progress, desc="loss baseline")
-            sample_loss = dict(zip(enc_ids, l))
-            losses = [sample_loss.get(i, math.nan) for i in ids]
+            losses = np.full(len(ids), math.nan)
+            losses[pos] = score_losses(model, tok, enc, cfg.score_batch_size, cfg.progress, desc="loss baseline",
+                                       dist=dist, logits_budget=cfg.logits_budget)
             # High loss under the unadapted model = unlike what the model already does: drop first.
-            scores = -np.asarray(losses)
+            scores = -losses
         else:
             safe = load_required_samples(cfg.safe, "safe set")
             meta["inputs"]["safe"] = {"path": cfg.safe, "fingerprint": _fingerprint(cfg.safe), "n": len(safe)}
             safe_enc, safe_dropped = encode_samples(tok, safe, cfg.max_length, cfg.train_on, cfg.truncation)
             if not safe_enc:
                 raise SealError(f"no safe-set sample fits max_length={cfg.max_length}")
-            state = train_seal(cfg, model, tok, enc, safe_enc, out, resume=resume, on_progress=on_progress)
-            if not state.completed:
+            state = train_seal(cfg, model, tok, enc, safe_enc, out, resume=resume, on_progress=on_progress,
+                               dist=dist)
+            if not state.completed and dist.is_main:
                 print(f"stopped after {state.steps} steps (max_steps); checkpoint saved, resume with --resume")
-            final_losses = score_losses(state.model, tok, enc, cfg.score_batch_size, cfg.progress, desc="final losses")
-            z = state.z.cpu().numpy().astype(np.float64)
-            w = state.weights.cpu().numpy().astype(np.float64)
-            scores = np.array([z[pos[i]] if i in pos else math.nan for i in ids])
-            weights = [w[pos[i]] if i in pos else math.nan for i in ids]
-            losses = [final_losses[pos[i]] if i in pos else math.nan for i in ids]
+            final_losses = score_losses(state.model, tok, enc, cfg.score_batch_size, cfg.progress, desc="final losses",
+                                        dist=dist, logits_budget=cfg.logits_budget)
+            scores, weights, losses = (np.full(len(ids), math.nan) for _ in range(3))
+            scores[pos] = state.z.cpu().numpy().astype(np.float64)
+            weights[pos] = state.weights.cpu().numpy().astype(np.float64)
+            losses[pos] = final_losses
             meta["steps"] = state.steps
             meta["completed"] = state.completed
             meta["safe_dropped"] = len(safe_dropped)
+    if not dist.is_main:
+        return out / "scores.parquet"
     if dropped:
         write_parquet(out / "dropped.parquet", pa.Table.from_pylist(
             [{"sample_id": d["sample_id"], "reason": d["reason"]} for d in dropped]))

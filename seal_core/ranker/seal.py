@@ -37,7 +37,8 @@ from .selector import FreeLogitSelector, selector_entropy, selector_objective, s
 
 # Keys that may differ between a checkpointed run and its resumption (they do not change the maths).
 # processes is checked apart, against the checkpoint's world size, with a message that says so.
-_RESUME_FREE_KEYS = {"progress", "max_steps", "out", "checkpoint_every", "device", "score_batch_size", "processes"}
+_RESUME_FREE_KEYS = {"progress", "max_steps", "out", "checkpoint_every", "device", "score_batch_size", "processes",
+                     "logits_budget"}
 # Safe-set batches are reshuffled per safe epoch with seeds far from the pool's (seed + epoch).
 _SAFE_SEED_STRIDE = 7919
 
@@ -122,12 +123,12 @@ class _Data:
         parts = micro_batches(self.dist.share(s_idx), self.cfg.micro_batch_size)
         if gamma <= 0:
             with torch.no_grad():
-                total = sum(per_sample_loss(model, self._tensors(self.safe, mb)).sum().item()
+                total = sum(per_sample_loss(model, self._tensors(self.safe, mb), self.cfg.logits_budget).sum().item()
                             for mb in parts) / len(s_idx)
             return self.dist.sum_scalar(total, self.device)
         total = 0.0
         for mb in parts:
-            ls = per_sample_loss(model, self._tensors(self.safe, mb))
+            ls = per_sample_loss(model, self._tensors(self.safe, mb), self.cfg.logits_budget)
             (gamma * ls.sum() / len(s_idx)).backward()
             total += ls.detach().sum().item() / len(s_idx)
         return self.dist.sum_scalar(total, self.device)
@@ -146,11 +147,11 @@ class _Data:
         pos = 0
         for mb in micro_batches(idx, self.cfg.micro_batch_size):
             if train:
-                l = per_sample_loss(model, self._tensors(self.pool, mb))
+                l = per_sample_loss(model, self._tensors(self.pool, mb), self.cfg.logits_budget)
                 (scale * (w[pos: pos + len(mb)] * l).sum() / n).backward()
             else:
                 with torch.no_grad():
-                    l = per_sample_loss(model, self._tensors(self.pool, mb))
+                    l = per_sample_loss(model, self._tensors(self.pool, mb), self.cfg.logits_budget)
             out[pos: pos + len(mb)] = l.detach().float()
             pos += len(mb)
         return self.dist.gather(out, n)
@@ -267,7 +268,8 @@ def train_seal(cfg: RankConfig, model, tokenizer, pool_enc: list, safe_enc: list
     state = SealLoopState()
     if cfg.method == "seal" and cfg.selector.baseline == "initial" and not run.can_resume(resume):
         state.baseline = torch.as_tensor(score_losses(model, tokenizer, pool_enc, cfg.score_batch_size, cfg.progress,
-                                                      desc="initial losses", dist=dist),
+                                                      desc="initial losses", dist=dist,
+                                                      logits_budget=cfg.logits_budget),
                                          dtype=torch.float32, device=device)
     learners = _Learners(cfg, model, len(pool_enc), device)
     ck = run.restore(resume)
