@@ -356,7 +356,7 @@ def reference_nll(base: str, adapters: dict[str, str], prompts_path: Path, dest:
 
     from seal_core.generate import resolve_adapter
     from seal_core.models import load_adapter, load_model
-    from seal_core.ranker.run import score_losses
+    from seal_core.tokenization import score_losses
     from seal_core.tokenization import encode_samples
 
     rows = reference_rows(prompts_path)[: limit or None]

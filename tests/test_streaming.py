@@ -17,6 +17,7 @@ import torch
 
 from seal_core import models
 from seal_core.encoded import EncodedPool, encode_pool
+from seal_core.errors import SealError
 from seal_core.ranker.pool import open_pool
 from seal_core.schema import CANONICAL_SCHEMA, MESSAGE_TYPE, compute_sample_id
 from seal_core.tokenization import collate, encode_samples, length_grouped_batches, pad_token_id, score_losses
@@ -104,6 +105,14 @@ def test_open_pool_streams_canonical_parquet_sorted(tok, tmp_path):
     enc, rejects = pool.encode(tok, 64, "final", "left")
     assert rejects == [] and [e.sample_id for e in enc] == pool.sample_ids
     np.testing.assert_array_equal(pool.positions(enc), np.arange(230))
+
+
+def test_open_pool_rejects_duplicate_ids(tmp_path):
+    path = write_canonical_pool(tmp_path / "samples.parquet", 20)
+    t = pq.read_table(path)
+    pq.write_table(pa.concat_tables([t, t.slice(3, 1)]), path)
+    with pytest.raises(SealError, match="duplicate sample_ids"):
+        open_pool(str(path))
 
 
 def _rank_peak_rss(pool: Path, out: Path) -> tuple[float, float]:

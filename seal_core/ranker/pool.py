@@ -46,7 +46,7 @@ class RankPool:
         return rows
 
     def shards(self) -> Iterator[list[dict]]:
-        """The samples (``sample_id`` and ``messages`` only), ``SHARD_ROWS`` at a time."""
+        """The samples as dicts (``sample_id`` and ``messages`` at least), ``SHARD_ROWS`` at a time."""
         if self._rows is not None:
             for i in range(0, len(self._rows), SHARD_ROWS):
                 yield self._rows[i: i + SHARD_ROWS]
