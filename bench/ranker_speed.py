@@ -78,8 +78,11 @@ def _setup(args):
     from seal_core.ranker.config import RankConfig
     from seal_core.tokenization import encode_samples
 
-    cfg = RankConfig(model=args.model, max_length=args.max_length, device=args.device, progress=False,
-                     logits_budget=args.budget or UNCHUNKED)
+    from seal_core.config import deep_merge, from_dict, parse_overrides
+
+    cfg = from_dict(RankConfig, deep_merge(parse_overrides(args.overrides), {
+        "model": args.model, "max_length": args.max_length, "device": args.device, "progress": False,
+        "logits_budget": args.budget or UNCHUNKED}))
     model, tok = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     pool = sorted(load_required_samples(str(BENCH / "finetune_pool.jsonl"), "pool"), key=lambda s: s["sample_id"])
     safe = load_required_samples(str(BENCH / "safe_set.jsonl"), "safe set")
@@ -202,7 +205,7 @@ def child(args) -> None:
 def run_child(args, phase: str, device: str, budget: int) -> dict:
     cmd = [sys.executable, __file__, "--child", phase, "--device", device, "--budget", str(budget),
            "--model", args.model, "--max-length", str(args.max_length), "--steps", str(args.steps),
-           "--score-rows", str(args.score_rows)]
+           "--score-rows", str(args.score_rows)] + [a for o in args.overrides for a in ("--set", o)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=_env())
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not lines:
@@ -237,6 +240,7 @@ def rank_peak_rss(args, device: str) -> dict:
         cmd = [sys.executable, "-c", _RANK_RUNNER, "rank", "--pool", str(pool), "--safe", str(BENCH / "safe_set.jsonl"),
                "--out", str(Path(tmp) / "out"), "--model", args.model, "--max-length", str(args.max_length),
                "--set", "max_steps=3", "--set", f"device={device}", "--no-progress"]
+        cmd += [a for o in args.overrides for a in ("--set", o)]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=_env())
         wall = time.perf_counter() - t0
@@ -300,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budgets", default="", help="also time the sft step at these logits budgets (0: unchunked)")
     ap.add_argument("--peak-tflops", type=float, default=0.0, help="device peak for MFU (default: from its name)")
     ap.add_argument("--no-rank", action="store_true", help="skip the seal rank RSS run")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="RankConfig override for every phase and the seal rank run, e.g. micro_batch_size=4")
     ap.add_argument("--child", choices=sorted(PHASES), help=argparse.SUPPRESS)
     ap.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     ap.add_argument("--budget", type=int, default=DEFAULT_LOGITS_BUDGET, help=argparse.SUPPRESS)
@@ -310,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     devices = [d for d in args.devices.split(",") if d] or _default_devices()
     print(f"model {args.model}, max_length {args.max_length}, logits budget {args.budget:,}, "
-          f"{args.steps} timed steps per phase, {os.cpu_count()} CPUs", flush=True)
+          f"{args.steps} timed steps per phase, {os.cpu_count()} CPUs"
+          + (f", --set {' '.join(args.overrides)}" if args.overrides else ""), flush=True)
     for device in devices:
         results = {phase: run_child(args, phase, device, args.budget) for phase in PHASES}
         for b in parse_budgets(args.budgets):

@@ -1,5 +1,5 @@
-"""The ``curate`` flow: ingest -> rank -> select -> fine-tune (selection and random subset) ->
-generate -> evaluate -> report.
+"""The ``curate`` flow: ingest -> rank -> select -> fine-tune (each arm: the selection or the random
+subset, with the run's objective or the arm's own) -> generate -> evaluate -> report.
 
 Ranker training and fine-tuning run in-process, or on a GPU work pool through
 their deployments (``rank/gpu``, ``finetune/gpu``) when ``workers.rank_pool`` /
@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from prefect import flow, get_run_logger
 
-from seal_core.pipeline import ARMS, CurateConfig, is_url, save_config
+from seal_core.pipeline import ArmConfig, CurateConfig, arm_run_config, is_url, save_config
 from tasks import storage
 from tasks.report import report_task, scores_artifacts
 
@@ -47,9 +47,12 @@ def _rank(cfg: CurateConfig, params: dict[str, Any], pool: str, safe: str) -> st
     return str(layout.scores)
 
 
-def _finetune(cfg: CurateConfig, params: dict[str, Any], arm: str, data: str) -> str:
+def _finetune(cfg: CurateConfig, arm_cfg: ArmConfig, data: str) -> str:
     """Fine-tune one arm in-process or on ``workers.finetune_pool``; returns the local output dir."""
     workers = cfg.workers
+    arm = arm_cfg.name
+    # The arm's objective travels in the config the stage gets, so a worker trains it the same way.
+    params = arm_run_config(cfg, arm_cfg)
     out_dir = cfg.layout.finetune_dir(arm)
     if not workers.finetune_pool:
         return finetune_flow(config=params, arm=arm, data=data)["out"]
@@ -92,12 +95,12 @@ def curate(config: ConfigParam = "configs/demo.yaml", overrides: Optional[list[s
     stats = scores_artifacts(scores, pool, cfg.report, cfg.data)
 
     selected = select_flow(config=params, scores=scores, pool=pool)
-    arms = [a for a in ARMS if a in selected]
-    tuned = {arm: _finetune(cfg, params, arm, selected[arm]["selected"]) for arm in arms}
+    arms = [a for a in cfg.fine_tuned_arms if a.selection in selected]
+    tuned = {a.name: _finetune(cfg, a, selected[a.selection]["selected"]) for a in arms}
 
     evaluated: Optional[dict[str, str]] = None
     if cfg.data.eval_helpful or cfg.data.eval_harmful:
-        generations = generate_flow(config=params, arms=["base", *arms])
+        generations = generate_flow(config=params, arms=["base", *tuned])
         evaluated = evaluate_flow(config=params, generations=generations)
 
     run = {

@@ -154,22 +154,28 @@ def finetune_flow(config: ConfigParam, overrides: Optional[list[str]] = None, ar
     """
     cfg = load(config, overrides)
     layout = cfg.layout
-    if arm not in ARMS and data is None:
-        raise SealError(f"unknown arm {arm!r} (expected {', '.join(ARMS)}, or pass data=...)")
-    data = data or str(layout.selection(arm))
+    # A configured arm (``arms:``) names its selection and objective; a bare name is a selection.
+    arm_cfg = next((a for a in cfg.fine_tuned_arms if a.name == arm), None)
+    selection = arm_cfg.selection if arm_cfg else arm
+    if selection not in ARMS and data is None:
+        known = sorted({*ARMS, *(a.name for a in cfg.fine_tuned_arms)})
+        raise SealError(f"unknown arm {arm!r} (expected {', '.join(known)}, or pass data=...)")
+    data = data or str(layout.selection(selection))
     out = out or str(layout.finetune_dir(arm))
     if not is_url(data) and not Path(data).exists():
         raise SealError(f"training data {data} not found: run the select stage first")
     mix_safe = cfg.finetune.mix_safe if mix_safe is None else mix_safe
     inputs = {"data": data, **({"mix_safe": mix_safe} if mix_safe else {})}
     with localized(inputs, out) as (local, local_out):
-        job = finetune_config(cfg, data=local["data"], out=local_out, mix_safe=local.get("mix_safe", ""))
+        job = finetune_config(cfg, data=local["data"], out=local_out, mix_safe=local.get("mix_safe", ""),
+                              arm=arm_cfg)
         result = run_stage(stages.FINETUNE, job, label=arm)
     return remote_outputs(result, local_out, out)
 
 
 def _arms_available(cfg: CurateConfig) -> list[str]:
-    return ["base"] + [a for a in ARMS if (cfg.layout.finetune_dir(a) / "adapter").exists()]
+    names = [a.name for a in cfg.fine_tuned_arms] + [a for a in ARMS if a not in {x.name for x in cfg.fine_tuned_arms}]
+    return ["base"] + [a for a in names if (cfg.layout.finetune_dir(a) / "adapter").exists()]
 
 
 @flow(name="generate", log_prints=True)
@@ -205,6 +211,10 @@ def evaluate_flow(config: ConfigParam, overrides: Optional[list[str]] = None,
     if not generations:
         raise SealError(f"no generations under {layout.root / 'generate'}: run the generate stage first")
     candidate, baselines = compared_models(generations)
+    if cfg.evaluate.pairs or cfg.evaluate.references or cfg.evaluate.unsafe:
+        # The likelihood measures score each arm itself: the base model, plus the arm's adapter.
+        for m in (candidate, *baselines):
+            m.model, m.adapter = cfg.model, "" if m.name == "base" else str(layout.finetune_dir(m.name))
     return run_stage(stages.EVALUATE, evaluate_config(cfg, candidate, baselines, str(layout.evaluate_dir)))
 
 

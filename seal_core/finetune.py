@@ -16,10 +16,14 @@ Loss reduction (``loss_reduction``):
 Either way the reduction is over the *effective* batch (``batch_size``), not the
 micro-batch, so gradient accumulation gives the same update as one big batch.
 
+Objective (``objective``, :mod:`.objectives`): ``sft`` trains on the NLL above; ``ta-sft`` and
+``unlikelihood`` add a term over an unsafe set (``unsafe``: harmful prompts with unsafe answers),
+``unsafe_batch_size`` of them per step, weighted by ``unsafe_weight``, averaged over their answer tokens.
+
 Outputs in ``out``: ``adapter/`` (peft ``save_pretrained``), ``config.json``
 (resolved config), ``summary.json``, ``train_log.jsonl`` (one line per step),
 ``checkpoints/last.safetensors`` (resumable state), ``dropped.parquet`` (samples that
-tokenisation could not use), and ``merged/`` with ``merge=True``.
+tokenisation could not use, and the set each was in), and ``merged/`` with ``merge=True``.
 """
 
 from __future__ import annotations
@@ -29,10 +33,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Sequence
 
 from .config import to_dict
 from .errors import ConfigError, SealError
+from .objectives import OBJECTIVES, UnsafeSet, build_objective, unsafe_batch
 from .ranker.config import LoraConfig
 from .progress import ProgressFn
 from .tokenization import DEFAULT_LOGITS_BUDGET
@@ -41,6 +46,9 @@ from .tokenization import DEFAULT_LOGITS_BUDGET
 # processes is checked apart, against the checkpoint's world size, with a message that says so.
 _RESUME_FREE_KEYS = {"out", "progress", "max_steps", "checkpoint_every", "device", "merge", "processes",
                      "logits_budget"}
+
+# The objectives' names, from their registry: a new objective there is a new choice here and on the CLI.
+ObjectiveName = Literal[tuple(OBJECTIVES)]
 
 
 @dataclass
@@ -77,6 +85,17 @@ class FinetuneConfig:
                                                           "`seal select` output: the N best ranked); 0: all."})
     mix_safe: str = field(default="", metadata={"help": "Safety examples appended to the training set (the paper's "
                                                         "SEAL+SafeInstr setting): any path data accepts."})
+    objective: ObjectiveName = field(default="sft", metadata={
+        "help": "Training objective (see docs/finetune.md): 'sft' (NLL on data only); 'ta-sft' (NLL minus "
+                "unsafe_weight x the token-level EMD of the model's predictions from the unsafe answers, under "
+                "the embeddings' cosine cost); 'unlikelihood' (NLL plus unsafe_weight x -log(1 - p) of the "
+                "unsafe answers' tokens). The last two need --unsafe."})
+    unsafe: str = field(default="", metadata={"help": "Unsafe responses for ta-sft / unlikelihood: (harmful prompt, "
+                                                     "unsafe answer) samples in any format data accepts."})
+    unsafe_weight: float = field(default=0.5, metadata={
+        "help": "lambda: weight of the unsafe term against the task NLL (ta-sft, unlikelihood)."})
+    unsafe_batch_size: int = field(default=8, metadata={
+        "help": "Unsafe samples per optimiser step, drawn in a seeded order (ta-sft, unlikelihood)."})
     merge: bool = field(default=False, metadata={"help": "Also write out/merged/: the base model with the adapter merged in."})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
     processes: int = field(default=1, metadata={"help": "Train on this many local processes (torch.distributed: one "
@@ -100,6 +119,22 @@ class FinetuneConfig:
             raise ConfigError(f"max_length must be >= 2, got {self.max_length}")
         if self.processes < 1:
             raise ConfigError(f"processes must be >= 1, got {self.processes}")
+        self._check_objective()
+
+    def _check_objective(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if OBJECTIVES[self.objective].uses_unsafe and not self.unsafe:
+            raise ConfigError(f"objective {self.objective} needs unsafe responses: give --unsafe FILE "
+                              "(finetune.unsafe in a run config); see docs/finetune.md for how to make them")
+        if not OBJECTIVES[self.objective].uses_unsafe and self.unsafe:
+            raise ConfigError(f"unsafe is not used by objective {self.objective}; drop it, or choose "
+                              f"{' or '.join(n for n, c in OBJECTIVES.items() if c.uses_unsafe)}")
+        if isinstance(self.unsafe_batch_size, bool) or not isinstance(self.unsafe_batch_size, int) \
+                or self.unsafe_batch_size <= 0:
+            raise ConfigError(f"unsafe_batch_size must be a positive integer, got {self.unsafe_batch_size!r}")
+        if not self.unsafe_weight >= 0:
+            raise ConfigError(f"unsafe_weight must be >= 0, got {self.unsafe_weight}")
 
 
 @dataclass
@@ -149,16 +184,19 @@ class FinetuneLoopState:
         self.epoch, self.batch_pos, self.loss_sum, self.loss_n = self.epoch + 1, 0, 0.0, 0
 
 
-def sft_step(cfg: FinetuneConfig, model, opt, params: list, encoded: list, idx: list[int], pad_id: int,
-             device, dist=None) -> tuple[float, int, Optional[float]]:
-    """One optimiser step on the effective batch ``idx`` -> (batch loss, tokens, grad norm before clipping).
+@dataclass
+class StepStats:
+    """One optimiser step: the loss it minimised, its parts, and what it saw."""
 
-    Under torch.distributed (``dist``) this rank computes its share of ``idx``; the denominators
-    are the global batch's, so the summed gradients and loss equal the one-process ones.
-    """
-    from .training import Dist
+    loss: float  # nll + sign * unsafe_weight * unsafe
+    nll: float
+    unsafe: Optional[float]  # the mean unsafe term over the unsafe batch's answer tokens (None: sft)
+    tokens: int
+    grad_norm: Optional[float]
 
-    dist = dist or Dist()
+
+def _task_backward(cfg: FinetuneConfig, model, encoded: list, idx: list[int], pad_id: int, device, dist) -> float:
+    """Back-propagate the task NLL of the effective batch ``idx``; returns this rank's share of it."""
     import torch
 
     from .tokenization import collate, per_sample_loss
@@ -169,8 +207,7 @@ def sft_step(cfg: FinetuneConfig, model, opt, params: list, encoded: list, idx: 
         denom = float(sum(encoded[i].n_target_tokens for i in idx))
     else:
         denom = float(len(idx))
-    opt.zero_grad(set_to_none=True)
-    batch_loss, n_tokens = 0.0, sum(encoded[i].n_tokens for i in idx)
+    batch_loss = 0.0
     for mb in micro_batches(dist.share(idx), cfg.micro_batch_size):
         items = [encoded[i] for i in mb]
         batch = {k: v.to(device) for k, v in collate(items, pad_id).items()}
@@ -182,19 +219,49 @@ def sft_step(cfg: FinetuneConfig, model, opt, params: list, encoded: list, idx: 
             contrib = l.sum() / denom
         contrib.backward()
         batch_loss += contrib.item()
-    batch_loss = dist.sum_scalar(batch_loss, device)
+    return batch_loss
+
+
+def train_step(cfg: FinetuneConfig, model, opt, params: list, encoded: list, idx: list[int], pad_id: int,
+               device, dist=None, unsafe: Optional[UnsafeSet] = None, unsafe_idx: Sequence[int] = ()) -> StepStats:
+    """One optimiser step on the effective batch ``idx`` (and the unsafe batch ``unsafe_idx``).
+
+    Under torch.distributed (``dist``) this rank computes its share of both batches; the
+    denominators are the global batches', so the summed gradients and losses equal the one-process ones.
+    """
+    import torch
+
+    from .training import Dist
+
+    dist = dist or Dist()
+    opt.zero_grad(set_to_none=True)
+    nll = dist.sum_scalar(_task_backward(cfg, model, encoded, idx, pad_id, device, dist), device)
+    loss, term = nll, None
+    if unsafe is not None:
+        share = unsafe.backward(model, list(unsafe_idx), pad_id, device, dist, cfg.micro_batch_size, cfg.logits_budget)
+        term = dist.sum_scalar(share, device)
+        loss = nll + unsafe.objective.sign * unsafe.weight * term
     dist.sum_grads(params)
     grad_norm = None
     if cfg.max_grad_norm > 0:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
     opt.step()
-    return batch_loss, n_tokens, grad_norm
+    return StepStats(loss, nll, term, sum(encoded[i].n_tokens for i in idx), grad_norm)
+
+
+def sft_step(cfg: FinetuneConfig, model, opt, params: list, encoded: list, idx: list[int], pad_id: int,
+             device, dist=None) -> tuple[float, int, Optional[float]]:
+    """A plain SFT :func:`train_step` -> (batch loss, tokens, grad norm before clipping)."""
+    s = train_step(cfg, model, opt, params, encoded, idx, pad_id, device, dist)
+    return s.loss, s.tokens, s.grad_norm
 
 
 def train_lora(cfg: FinetuneConfig, model, tokenizer, encoded: list, out_dir: Path, resume: bool = False,
-               on_progress: Optional[ProgressFn] = None, dist=None) -> TrainResult:
-    """LoRA SFT of ``model`` on ``encoded`` (tokenised samples, in a fixed order).
+               on_progress: Optional[ProgressFn] = None, dist=None, unsafe: Sequence = ()) -> TrainResult:
+    """LoRA fine-tuning of ``model`` on ``encoded`` (tokenised samples, in a fixed order) with
+    ``cfg.objective``; ``unsafe`` are the tokenised unsafe responses that ta-sft / unlikelihood need.
 
+    Each step's unsafe batch is :func:`~seal_core.objectives.unsafe_batch` of the step number.
     Checkpoints go to ``out_dir/checkpoints/last.safetensors`` every ``cfg.checkpoint_every``
     steps, at every epoch end and when ``max_steps`` stops the run; ``resume=True``
     continues from there and gives the same weights as an uninterrupted run.
@@ -207,10 +274,14 @@ def train_lora(cfg: FinetuneConfig, model, tokenizer, encoded: list, out_dir: Pa
 
     if not encoded:
         raise SealError("no training sample left after tokenisation")
+    if OBJECTIVES[cfg.objective].uses_unsafe and not unsafe:
+        raise SealError(f"objective {cfg.objective}: no unsafe response left after tokenisation")
     dist = dist or Dist()
     device = next(model.parameters()).device
     lengths = [e.n_tokens for e in encoded]
-    run = TrainingRun(Path(out_dir), to_dict(cfg), [e.sample_id for e in encoded], free_keys=_RESUME_FREE_KEYS,
+    # The unsafe set's ids too, so --resume refuses a checkpoint made against other unsafe responses.
+    ids = [e.sample_id for e in encoded] + [f"unsafe:{e.sample_id}" for e in unsafe]
+    run = TrainingRun(Path(out_dir), to_dict(cfg), ids, free_keys=_RESUME_FREE_KEYS,
                       data_name="training data", desc="finetune", progress=cfg.progress, on_progress=on_progress,
                       dist=dist)
 
@@ -219,6 +290,9 @@ def train_lora(cfg: FinetuneConfig, model, tokenizer, encoded: list, out_dir: Pa
     model = attach_lora(model, cfg.lora, ("default",), cfg.gradient_checkpointing)
     params = adapter_parameters(model, "default")
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    objective = build_objective(cfg.objective, model)
+    unsafe_set = (UnsafeSet(objective, list(unsafe), cfg.unsafe_weight, tuple(sorted(set(tokenizer.all_special_ids))))
+                  if objective.uses_unsafe else None)
     state = FinetuneLoopState()
     ck = run.restore(resume)
     if ck is not None:
@@ -241,13 +315,16 @@ def train_lora(cfg: FinetuneConfig, model, tokenizer, encoded: list, out_dir: Pa
     with run.progress(total_steps, state.step), oom_as_error(oom):
         for idx in run.steps(state, cfg.epochs, cfg.max_steps, cfg.checkpoint_every, order, checkpoint,
                              end_epoch=state.end_epoch):
-            # one optimiser step over the effective batch, then its log line
-            loss, n_tokens, grad_norm = sft_step(cfg, model, opt, params, encoded, idx, pad_token_id(tokenizer),
-                                                 device, dist)
-            state.record(loss)
-            run.log({"step": state.step + 1, "epoch": state.epoch + 1, "loss": loss, "lr": cfg.lr,
-                     "samples": len(idx), "tokens": n_tokens, "grad_norm": grad_norm,
-                     "elapsed_s": round(time.time() - t0, 3)}, ep=state.epoch + 1, loss=f"{loss:.4f}")
+            # one optimiser step over the effective batch (and the step's unsafe batch), then its log line
+            uidx = unsafe_batch(len(unsafe), cfg.unsafe_batch_size, cfg.seed, state.step) if unsafe_set else []
+            st = train_step(cfg, model, opt, params, encoded, idx, pad_token_id(tokenizer), device, dist,
+                            unsafe_set, uidx)
+            state.record(st.loss)
+            rec = {"step": state.step + 1, "epoch": state.epoch + 1, "loss": st.loss, "lr": cfg.lr,
+                   "samples": len(idx), "tokens": st.tokens, "grad_norm": st.grad_norm}
+            if unsafe_set is not None:
+                rec.update(nll=st.nll, unsafe=st.unsafe, unsafe_samples=len(uidx))
+            run.log({**rec, "elapsed_s": round(time.time() - t0, 3)}, ep=state.epoch + 1, loss=f"{st.loss:.4f}")
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_disable()
     model.eval()
@@ -326,13 +403,30 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, on_progress: Optional[Pr
                               launched=lambda: Path(cfg.out))
 
 
+def _input_fingerprint(path: str) -> str:
+    """The canonical file the samples came from, not the whole directory (which holds exports too)."""
+    from .ingest import canonical_paths
+    from .io import fingerprint_file
+
+    files = canonical_paths(path) or [Path(path).expanduser()]
+    return fingerprint_file(files[0]) if files[0].exists() else path
+
+
+def _encode_set(cfg: FinetuneConfig, tok, samples: list[dict], what: str) -> tuple[list, list[dict]]:
+    """``samples`` in id order (stable for duplicates, so the run is independent of file order), tokenised."""
+    from .tokenization import encode_samples
+
+    samples = sorted(samples, key=lambda s: s["sample_id"])
+    enc, dropped = encode_samples(tok, samples, cfg.max_length, cfg.train_on, cfg.truncation)
+    return enc, [{"sample_id": d["sample_id"], "set": what, "reason": d["reason"]} for d in dropped]
+
+
 def _finetune(cfg: FinetuneConfig, out: Path, resume: bool, on_progress: Optional[ProgressFn], dist) -> Path:
     import pyarrow as pa
 
     from .ingest import load_required_samples
-    from .io import fingerprint_file, save_resolved_config, write_json, write_parquet
-    from .models import load_model, model_id
-    from .tokenization import encode_samples
+    from .io import save_resolved_config, write_parquet
+    from .models import load_model
     from .training import device_for
 
     t0 = time.time()
@@ -341,24 +435,25 @@ def _finetune(cfg: FinetuneConfig, out: Path, resume: bool, on_progress: Optiona
     if cfg.max_samples:
         data = data[: cfg.max_samples]
     safe = load_required_samples(cfg.mix_safe, "mix-safe data") if cfg.mix_safe else []
-    samples = data + safe
-    # A fixed order (by id; stable, so duplicates keep theirs) makes the run independent of file order.
-    samples.sort(key=lambda s: s["sample_id"])
+    unsafe = load_required_samples(cfg.unsafe, "unsafe responses") if cfg.unsafe else []
     if dist.is_main:
         save_resolved_config(out, cfg)
 
     # The base is always loaded with seed 0: only "tiny-random" depends on it, and generation
     # must rebuild the very same base weights to apply the adapter to.
     model, tok = load_model(cfg.model, device=device_for(dist, cfg.device), dtype=cfg.dtype, seed=0)
-    enc, dropped = encode_samples(tok, samples, cfg.max_length, cfg.train_on, cfg.truncation)
+    enc, dropped = _encode_set(cfg, tok, data + safe, "data")
+    unsafe_enc, unsafe_dropped = _encode_set(cfg, tok, unsafe, "unsafe")
+    dropped += unsafe_dropped
     if dropped and dist.is_main:
-        write_parquet(out / "dropped.parquet", pa.Table.from_pylist(
-            [{"sample_id": d["sample_id"], "reason": d["reason"]} for d in dropped]))
-    if not enc:
-        raise SealError(f"no training sample fits max_length={cfg.max_length} "
+        write_parquet(out / "dropped.parquet", pa.Table.from_pylist(dropped))
+    if not enc or (unsafe and not unsafe_enc):
+        what = "training sample" if not enc else "unsafe response"
+        raise SealError(f"no {what} fits max_length={cfg.max_length} "
                         f"({len(dropped)} dropped; see {out / 'dropped.parquet'})")
 
-    result = train_lora(cfg, model, tok, enc, out, resume=resume, on_progress=on_progress, dist=dist)
+    result = train_lora(cfg, model, tok, enc, out, resume=resume, on_progress=on_progress, dist=dist,
+                        unsafe=unsafe_enc)
     if not dist.is_main:
         return out
     if not result.completed:
@@ -367,23 +462,26 @@ def _finetune(cfg: FinetuneConfig, out: Path, resume: bool, on_progress: Optiona
     save_adapter(result.model, out / "adapter")
     if cfg.merge:
         save_merged(result.model, tok, out / "merged")
+    counts = {"n_data": len(data), "n_mix_safe": len(safe), "n_unsafe": len(unsafe), "n_unsafe_trained": len(unsafe_enc)}
+    _write_summary(cfg, out, result, enc, dropped, counts, time.time() - t0)
+    return out
 
-    def fp(path: str) -> str:
-        # The canonical file the samples came from, not the whole directory (which holds exports too).
-        from .ingest import canonical_paths
 
-        files = canonical_paths(path) or [Path(path).expanduser()]
-        return fingerprint_file(files[0]) if files[0].exists() else path
+def _write_summary(cfg: FinetuneConfig, out: Path, result: TrainResult, enc: list, dropped: list[dict],
+                   counts: dict, seconds: float) -> None:
+    from .io import write_json
+    from .models import model_id
 
     summary = {
         "model": cfg.model,
         "model_id": model_id(cfg.model),
-        "inputs": {"data": {"path": cfg.data, "fingerprint": fp(cfg.data), "n": len(data)}},
-        "n_data": len(data),
-        "n_mix_safe": len(safe),
-        "n_samples": len(samples),
+        "inputs": {"data": {"path": cfg.data, "fingerprint": _input_fingerprint(cfg.data), "n": counts["n_data"]}},
+        "objective": cfg.objective,
+        "n_data": counts["n_data"],
+        "n_mix_safe": counts["n_mix_safe"],
+        "n_samples": counts["n_data"] + counts["n_mix_safe"],
         "n_trained": len(enc),
-        "n_dropped": len(dropped),
+        "n_dropped": sum(d["set"] == "data" for d in dropped),
         "n_truncated": sum(e.truncated for e in enc),
         "n_target_tokens": sum(e.n_target_tokens for e in enc),
         "loss_reduction": cfg.loss_reduction,
@@ -395,12 +493,18 @@ def _finetune(cfg: FinetuneConfig, out: Path, resume: bool, on_progress: Optiona
         "epoch_losses": result.epoch_losses,
         "adapter": str(out / "adapter"),
         "merged": str(out / "merged") if cfg.merge else None,
-        "wall_seconds": round(time.time() - t0, 2),
+        "wall_seconds": round(seconds, 2),
     }
     if cfg.mix_safe:
-        summary["inputs"]["mix_safe"] = {"path": cfg.mix_safe, "fingerprint": fp(cfg.mix_safe), "n": len(safe)}
+        summary["inputs"]["mix_safe"] = {"path": cfg.mix_safe, "fingerprint": _input_fingerprint(cfg.mix_safe),
+                                         "n": counts["n_mix_safe"]}
+    if cfg.unsafe:
+        summary["inputs"]["unsafe"] = {"path": cfg.unsafe, "fingerprint": _input_fingerprint(cfg.unsafe),
+                                       "n": counts["n_unsafe"]}
+        summary.update(unsafe_weight=cfg.unsafe_weight, unsafe_batch_size=cfg.unsafe_batch_size,
+                       n_unsafe=counts["n_unsafe"], n_unsafe_trained=counts["n_unsafe_trained"])
     write_json(out / "summary.json", summary)
-    return out
 
 
-__all__ = ["FinetuneConfig", "TrainResult", "finetune", "train_lora", "save_adapter", "save_merged"]
+__all__ = ["FinetuneConfig", "TrainResult", "StepStats", "finetune", "train_lora", "train_step",
+           "sft_step", "save_adapter", "save_merged"]

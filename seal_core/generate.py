@@ -23,7 +23,9 @@ Output rows: ``id``, ``prompt``, ``response``, ``model``, ``adapter``,
 field whose name clashes with one of these is kept as ``orig_<name>``).
 Rows are appended to ``<out>.partial`` as batches finish; the final file is
 written atomically at the end. ``resume=True`` skips the ids already in a
-partial file made with the same settings.
+partial file made with the same settings. ``keep_compliant`` leaves out of the
+final file the empty responses and those the refusal detector flags (the
+partial file keeps every row, so the filter never changes what is resumed).
 """
 
 from __future__ import annotations
@@ -73,6 +75,9 @@ class GenerateConfig:
     seed: int = field(default=0, metadata={"help": "Seed for sampling (decoding=paper)."})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N."})
     dtype: str = field(default="auto", metadata={"help": "auto (cuda: bfloat16, cpu: float32), float32, bfloat16, float16."})
+    keep_compliant: bool = field(default=False, metadata={
+        "help": "Write only the responses the refusal detector does not flag (and that are not empty): "
+                "on harmful prompts, the unsafe answers that ta-sft / unlikelihood fine-tuning trains against."})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
 
     def __post_init__(self):
@@ -451,16 +456,27 @@ def _generate(cfg: GenerateConfig, out: Path, resume: bool, on_progress: Optiona
     finally:
         bar.close()
 
+    rows = [done[p.id] for p in prompts]
+    if cfg.keep_compliant:
+        rows = compliant_rows(rows)
     with atomic_path(out) as tmp:
         with open(tmp, "w", encoding="utf-8") as fh:
-            for p in prompts:
-                fh.write(json.dumps(done[p.id], ensure_ascii=False) + "\n")
+            for row in rows:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     partial.unlink(missing_ok=True)
     n_length = sum(done[p.id]["finish_reason"] == "length" for p in prompts)
+    kept = f"; kept the {len(rows)} not flagged as refusals" if cfg.keep_compliant else ""
     print(f"generated {len(prompts)} responses in {time.time() - t0:.1f}s "
-          f"({n_length} cut at max_new_tokens={cfg.max_new_tokens})", file=sys.stderr)
+          f"({n_length} cut at max_new_tokens={cfg.max_new_tokens}){kept}", file=sys.stderr)
     return out
 
 
-__all__ = ["GenerateConfig", "Prompt", "generate", "read_prompts", "prompt_id", "resolve_adapter",
+def compliant_rows(rows: list[dict]) -> list[dict]:
+    """The rows whose response is neither empty nor a refusal (the evaluation's default detector)."""
+    from .evaluation.refusal import is_refusal
+
+    return [r for r in rows if r["response"].strip() and not is_refusal(r["response"])]
+
+
+__all__ = ["GenerateConfig", "Prompt", "generate", "compliant_rows", "read_prompts", "prompt_id", "resolve_adapter",
            "load_for_generation", "encode_prompt", "generate_batch", "stop_token_ids", "PRESETS"]

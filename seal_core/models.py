@@ -294,6 +294,10 @@ def load_model(name_or_path: str, device: str = "auto", dtype: str = "auto", see
 def _load_model(name_or_path: str, device: str, dtype: str, seed: int):
     import torch
 
+    from .malloc import fix_mmap_threshold
+
+    # A loaded model is about to be trained or scored: keep freed activations from staying resident.
+    fix_mmap_threshold()
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     name = str(name_or_path).strip()

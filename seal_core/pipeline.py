@@ -18,7 +18,7 @@ import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping, Optional
 
 from .config import deep_merge, from_dict, load_yaml, parse_overrides, to_dict, upgrade_layout
 from .errors import ConfigError
@@ -27,6 +27,7 @@ from .finetune import FinetuneConfig
 from .generate import GenerateConfig
 from .ingest.config import IngestConfig
 from .layout import ARMS, EVAL_KINDS, INGESTED, Layout  # noqa: F401  (ARMS, INGESTED: public here too)
+from .objectives import OBJECTIVES
 from .ranker.config import RankConfig
 from .selection import SelectConfig
 from .sharding import LossPassConfig
@@ -86,7 +87,7 @@ def _stage_section(stage_cls: type, drop: tuple[str, ...], fill: dict[str, Any],
 
 def _select_fixup(v: dict[str, Any]) -> dict[str, Any]:
     # The paper keeps the top 80%; the default applies only when no other criterion is set.
-    if v.get("top_k") is None and v.get("top_p") is None and v.get("min_score") is None:
+    if all(v.get(k) is None for k in ("top_k", "top_p", "min_score", "bottom_k")):
         v["top_p"] = 0.8
     return v
 
@@ -204,6 +205,43 @@ class ReportConfig:
 
 
 @dataclass
+class ArmConfig:
+    """One fine-tuned model of the comparison: a training set and, optionally, another objective."""
+
+    selection: Literal["seal", "random"] = field(default="seal", metadata={
+        "help": "Training set: the SEAL selection, or the random subset of its size (needs baseline: true)."})
+    objective: str = field(default="", metadata={
+        "help": f"Objective for this arm ({', '.join(OBJECTIVES)}); empty: finetune.objective."})
+    unsafe: str = field(default="", metadata={"help": "Unsafe responses for this arm (empty: finetune.unsafe)."})
+    unsafe_weight: Optional[float] = field(default=None, metadata={
+        "help": "lambda for this arm (empty: finetune.unsafe_weight)."})
+    name: str = field(default="", metadata={
+        "help": "Name of the arm's directories and rows in the report; empty: the selection, plus "
+                "'-<objective>' when the objective is set (seal, seal-ta-sft, random-sft, ...)."})
+
+    def __post_init__(self):
+        if self.objective and self.objective not in OBJECTIVES:
+            raise ConfigError(f"arm objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if not self.name:
+            self.name = f"{self.selection}-{self.objective}" if self.objective else self.selection
+        if self.name == "base" or not self.name.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"arm name must be letters, digits, '-' or '_' and not 'base', got {self.name!r}")
+
+    def finetune_overrides(self) -> dict[str, Any]:
+        """The ``finetune`` settings this arm replaces."""
+        out: dict[str, Any] = {}
+        if self.objective:
+            out["objective"] = self.objective
+            if not OBJECTIVES[self.objective].uses_unsafe:
+                out["unsafe"] = ""
+        if self.unsafe:
+            out["unsafe"] = self.unsafe
+        if self.unsafe_weight is not None:
+            out["unsafe_weight"] = self.unsafe_weight
+        return out
+
+
+@dataclass
 class CurateConfig:
     run_dir: str = field(default="runs/curate", metadata={"help": "Directory for every stage's outputs (local path)."})
     model: str = field(default="smollm2-135m-instruct", metadata={"help": "Base model for ranking, fine-tuning and generation."})
@@ -213,7 +251,10 @@ class CurateConfig:
     ingest: IngestSection = field(default_factory=IngestSection, metadata={"help": "Ingest settings (IngestConfig)."})
     rank: RankSection = field(default_factory=RankSection, metadata={"help": "Ranker settings (RankConfig minus paths and model)."})
     select: SelectSection = field(default_factory=SelectSection, metadata={"help": "Selection settings (SelectConfig; default top_p 0.8)."})
-    finetune: FinetuneSection = field(default_factory=FinetuneSection, metadata={"help": "Fine-tuning settings (FinetuneConfig minus paths and model), for both arms."})
+    finetune: FinetuneSection = field(default_factory=FinetuneSection, metadata={"help": "Fine-tuning settings (FinetuneConfig minus paths and model), for every arm."})
+    arms: list[ArmConfig] = field(default_factory=list, metadata={
+        "help": "The fine-tuned arms, each a selection and optionally its own objective (e.g. [{selection: seal}, "
+                "{selection: seal, objective: ta-sft}, {selection: random}]); empty: seal, and random with baseline."})
     generate: GenerateSection = field(default_factory=GenerateSection, metadata={"help": "Generation settings (GenerateConfig minus paths and model)."})
     evaluate: EvaluateSection = field(default_factory=EvaluateSection, metadata={"help": "Evaluation settings (EvaluateConfig minus the models and out_dir)."})
     workers: WorkersConfig = field(default_factory=WorkersConfig, metadata={"help": "Remote (GPU) workers."})
@@ -228,6 +269,33 @@ class CurateConfig:
                 f"config key 'run_dir' must be a local path, got {self.run_dir!r}; "
                 "use workers.storage for a shared fsspec URL"
             )
+        self._check_arms()
+
+    def _check_arms(self) -> None:
+        names = [a.name for a in self.arms]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"config key 'arms': arm names must differ, got {', '.join(names)} "
+                              "(set 'name' on one of them)")
+        for i, arm in enumerate(self.fine_tuned_arms):
+            key = f"arms[{i}]" if self.arms else "finetune"
+            if arm.selection == "random" and not self.baseline:
+                raise ConfigError(f"config key '{key}': selection 'random' needs baseline: true "
+                                  "(the random subset is only drawn then)")
+            try:
+                ft = self.finetune.to_stage(**arm.finetune_overrides())
+            except ConfigError as e:
+                raise ConfigError(f"config key '{key}' ({arm.name}): {e}") from None
+            if ft.unsafe and self.workers.storage and self.workers.finetune_pool:
+                # The finetune flow exchanges only its data and mix_safe through the storage.
+                raise ConfigError(f"config key '{key}' ({arm.name}): unsafe responses are not exchanged "
+                                  "through workers.storage; fine-tune in-process or on workers sharing run_dir")
+
+    @property
+    def fine_tuned_arms(self) -> list[ArmConfig]:
+        """The arms to fine-tune: ``arms``, or by default the SEAL selection and, with ``baseline``, the random subset."""
+        if self.arms:
+            return list(self.arms)
+        return [ArmConfig(selection=a) for a in ARMS if a == "seal" or self.baseline]
 
     @property
     def layout(self) -> Layout:
@@ -306,9 +374,14 @@ def load_config(
     for name in DATA_PATHS:
         setattr(cfg.data, name, _resolve_path(getattr(cfg.data, name), base))
     cfg.finetune.mix_safe = _resolve_path(cfg.finetune.mix_safe, base)
+    cfg.finetune.unsafe = _resolve_path(cfg.finetune.unsafe, base)
+    for arm in cfg.arms:
+        arm.unsafe = _resolve_path(arm.unsafe, base)
     for name in ("template", "harm_template"):
         if getattr(cfg.evaluate.judge, name):
             setattr(cfg.evaluate.judge, name, _resolve_path(getattr(cfg.evaluate.judge, name), base))
+    for name in ("pairs", "references", "unsafe"):
+        setattr(cfg.evaluate, name, _resolve_path(getattr(cfg.evaluate, name), base))
     cfg.run_dir = str(Path(cfg.run_dir).expanduser().resolve())
     return cfg
 
@@ -365,12 +438,22 @@ def random_subset_job(cfg: CurateConfig, pool: str, selection: str) -> RandomSub
                            seed=cfg.seed, export=cfg.select.export, progress=cfg.select.progress)
 
 
-def finetune_config(cfg: CurateConfig, data: str, out: str, mix_safe: str | None = None) -> FinetuneConfig:
-    """The ``finetune`` section on ``data``; ``mix_safe`` replaces ``finetune.mix_safe`` when given."""
-    paths = {"data": data, "out": out, "model": cfg.model}
+def finetune_config(cfg: CurateConfig, data: str, out: str, mix_safe: str | None = None,
+                    arm: ArmConfig | None = None) -> FinetuneConfig:
+    """The ``finetune`` section on ``data``, with ``arm``'s objective settings when given;
+    ``mix_safe`` replaces ``finetune.mix_safe`` when given."""
+    paths = {"data": data, "out": out, "model": cfg.model, **(arm.finetune_overrides() if arm else {})}
     if mix_safe is not None:
         paths["mix_safe"] = mix_safe
     return cfg.finetune.to_stage(**paths)
+
+
+def arm_run_config(cfg: CurateConfig, arm: ArmConfig) -> dict[str, Any]:
+    """The run config as plain data with ``arm``'s settings in its ``finetune`` section: what the
+    finetune flow (in-process or on a worker) gets for that arm, so it trains with the arm's objective."""
+    data = config_to_dict(cfg)
+    data["finetune"] = {**data["finetune"], **arm.finetune_overrides()}
+    return data
 
 
 def eval_prompts(cfg: CurateConfig) -> dict[str, str]:

@@ -219,6 +219,30 @@ def _refusal_lines(safety: list, facts: dict[str, Any]) -> Lines:
     return lines + [""]
 
 
+def _likelihood_lines(lk: Optional[Mapping[str, Any]], facts: dict[str, Any]) -> Lines:
+    """Per arm: pair accuracy, margins and answer NLLs with their intervals, then the paired differences."""
+    from .evaluation.report import LIKELIHOOD_COLUMNS, estimate_text
+
+    models = (lk or {}).get("models") or []
+    if not models:
+        return []
+    cols = [c for c in LIKELIHOOD_COLUMNS if any(m.get(c[0]) for m in models)]
+    lines = ["Likelihood measures (no judge; 95% bootstrap intervals):", "",
+             "| model | pairs | " + " | ".join(t.lower() for _, t, _ in cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for m in models:
+        lines.append(f"| {m['name']} | {m.get('n', 0)} | " + " | ".join(estimate_text(m.get(k), p) for k, _, p in cols) + " |")
+    facts["likelihood"] = {m["name"]: {k: (m.get(k) or {}).get("value") for k, _, _ in cols} for m in models}
+    diffs = [d for d in lk.get("differences") or [] if any(d.get(k) for k, _, _ in cols)]
+    if diffs:
+        lines += ["", "| difference | " + " | ".join(f"Δ {t.lower()}" for _, t, _ in cols) + " |", "|---|" + "---|" * len(cols)]
+        for d in diffs:
+            lines.append(f"| {d['candidate']} − {d['baseline']} | "
+                         + " | ".join(estimate_text(d.get(k), p, signed=True) for k, _, p in cols) + " |")
+        facts["likelihood_differences"] = {f"{d['candidate']} - {d['baseline']}": {k: (d.get(k) or {}).get("value") for k, _, _ in cols}
+                                           for d in diffs}
+    return lines + [""]
+
+
 def _evaluation_section(run: Mapping[str, Any], facts: dict[str, Any]) -> Lines:
     from .evaluation.report import load_results
 
@@ -229,6 +253,7 @@ def _evaluation_section(run: Mapping[str, Any], facts: dict[str, Any]) -> Lines:
     lines = ["## Evaluation", "", f"Judge: `{meta.get('judge', 'none')}`.", ""]
     lines += _win_rate_lines(pairs, facts)
     lines += _refusal_lines(safety, facts)
+    lines += _likelihood_lines(meta.get("likelihood"), facts)
     return lines + [f"Full evaluation report: `{Path(ev) / 'report.md'}`", ""]
 
 

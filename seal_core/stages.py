@@ -228,10 +228,11 @@ def run_evaluate(cfg: EvaluateConfig, hooks: StageHooks) -> Paths:
 
 
 def generation_files(cfg: EvaluateConfig) -> dict[str, str]:
-    """``Stage.inputs`` of evaluate: each model's files, as ``<model>.outputs`` and ``<model>.harmful``."""
-    files = {}
+    """``Stage.inputs`` of evaluate: each model's files, as ``<model>.outputs``, ``<model>.harmful`` and
+    ``<model>.adapter``, and the likelihood measures' pairs and answer sets."""
+    files = {f"likelihood.{k}": v for k, v in cfg.likelihood_inputs.items()}
     for m in cfg.models:
-        files.update({f"{m.name}.outputs": m.outputs, f"{m.name}.harmful": m.harmful})
+        files.update({f"{m.name}.outputs": m.outputs, f"{m.name}.harmful": m.harmful, f"{m.name}.adapter": m.adapter})
     return {k: v for k, v in files.items() if v}
 
 
@@ -291,7 +292,7 @@ SELECT = Stage("select", SelectJob, run_select, config_files("scores", "pool"),
                files_under("out", "selected.parquet", "selection.json"))
 RANDOM_SUBSET = Stage("random-subset", RandomSubsetJob, run_random_subset, config_files("pool", "selection"),
                       files_under("out", "selected.parquet", "selection.json"))
-FINETUNE = Stage("finetune", FinetuneConfig, run_finetune, config_files("data", "mix_safe"),
+FINETUNE = Stage("finetune", FinetuneConfig, run_finetune, config_files("data", "mix_safe", "unsafe"),
                  files_under("out", "adapter", "summary.json"), gpu=True, progress=_finetune_progress)
 GENERATE = Stage("generate", GenerateConfig, run_generate, config_files("prompts", "adapter"), files_under("out"),
                  gpu=True)

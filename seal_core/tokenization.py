@@ -225,6 +225,16 @@ def length_grouped_batches(lengths: list[int], batch_size: int, seed: int, shuff
     return batches
 
 
+def scoring_batches(encoded: list, batch_size: int, dist, progress: bool) -> tuple[list[list[int]], bool]:
+    """No-gradient passes: batches of ``batch_size`` times the longest length in tokens (sorted by
+    length), this rank's share of them, and whether this rank shows the progress bar."""
+    lengths = [e.n_tokens for e in encoded]
+    batches = token_budget_batches(lengths, batch_size * max(lengths, default=0))
+    if dist is not None and dist.enabled:
+        return batches[dist.rank::dist.world_size], progress and dist.is_main
+    return batches, progress
+
+
 def token_budget_batches(lengths: list[int], max_tokens: int) -> list[list[int]]:
     """Indices sorted by length (longest first, ties by index), cut into batches whose padded size
     (samples x longest length) stays within ``max_tokens``; a longer sample gets a batch of its own."""
@@ -339,11 +349,7 @@ def score_losses(model, tokenizer, encoded: list, batch_size: int, progress: boo
     device = next(model.parameters()).device
     pad_id = pad_token_id(tokenizer)
     out = np.full(len(encoded), np.nan)
-    lengths = [e.n_tokens for e in encoded]
-    batches = token_budget_batches(lengths, batch_size * max(lengths, default=0))
-    if dist is not None and dist.enabled:
-        batches = batches[dist.rank::dist.world_size]
-        progress = progress and dist.is_main
+    batches, progress = scoring_batches(encoded, batch_size, dist, progress)
     was_training = model.training
     model.eval()
     try:
@@ -370,6 +376,6 @@ def score_losses(model, tokenizer, encoded: list, batch_size: int, progress: boo
 
 __all__ = [
     "IGNORE_INDEX", "Encoded", "encode_messages", "encode_samples", "check_encode_options",
-    "length_grouped_batches", "token_budget_batches", "pad_token_id", "collate", "DEFAULT_LOGITS_BUDGET",
+    "length_grouped_batches", "token_budget_batches", "scoring_batches", "pad_token_id", "collate", "DEFAULT_LOGITS_BUDGET",
     "per_sample_loss", "score_losses",
 ]

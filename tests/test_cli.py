@@ -123,7 +123,7 @@ def test_rank_help_has_no_pasted_defaults(capsys, monkeypatch):
     assert entry_for(entries, ("--model",)).endswith("(default: smollm2-135m-instruct)")
     assert entry_for(entries, ("--epochs",)).endswith("(default: 3)")
     assert "(default: seal)" in entry_for(entries, ("--method",))
-    assert "{seal,seal-penalty,random,loss,dsir}" in entry_for(entries, ("--method",))
+    assert "{seal,seal-penalty,random,loss,dsir,compliance,combined,seal-probe}" in entry_for(entries, ("--method",))
     assert "(default" not in entry_for(entries, ("--pool",))
     # The nested sections are named as --set keys.
     assert any("lora.KEY" in e and "selector.KEY" in e for e in entries)

@@ -294,3 +294,49 @@ def test_run_config_evaluate_section_reads_both_layouts():
     paper = load_config("configs/llama3-8b.yaml", ["evaluate.judge=openai:m@http://127.0.0.1:8000/v1"])
     assert (paper.evaluate.judge.spec, paper.evaluate.judge.concurrency) == ("openai:m@http://127.0.0.1:8000/v1", 8)
     assert load_config("configs/demo.yaml", ["evaluate.batch_size=2"]).evaluate.judge.batch_size == 2
+
+
+def test_likelihood_measures_per_model_in_the_evaluate_report(tmp_path, files):
+    from seal_core.evaluation.likelihood import LikelihoodSettings
+    from seal_core.models import LoraSettings, add_lora, tiny_model
+    from seal_core.run_report import build_summary
+    from tests.test_likelihood import PAIRS, REFERENCES, write_jsonl
+
+    model, _ = tiny_model(seed=0)
+    peft = add_lora(model, LoraSettings(r=4, alpha=8))
+    for name, p in peft.named_parameters():
+        if "lora_B" in name:
+            p.data.fill_(0.05)
+    peft.save_pretrained(tmp_path / "adapter")
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
+    refs = write_jsonl(tmp_path / "refs.jsonl", REFERENCES)
+    c = EvaluateConfig(
+        candidate=ModelOutputs(harmful=files["hcand"], name="seal", model="tiny-random", adapter=str(tmp_path / "adapter")),
+        baselines=[ModelOutputs(harmful=files["hbase"], name="base", model="tiny-random"),
+                   ModelOutputs(harmful=files["hbase"], name="nomodel")],
+        out_dir=str(tmp_path / "ev"), pairs=pairs, references=refs, likelihood=LikelihoodSettings(device="cpu", progress=False),
+        n_bootstrap=200)
+    out = evaluate(c)
+    _, safety, meta = load_results(out)
+    assert [s.model for s in safety] == ["seal", "base", "nomodel"]  # refusal rates stay as they were
+    lk_out = meta["likelihood"]
+    assert [m["name"] for m in lk_out["models"]] == ["seal", "base"]
+    seal, base = lk_out["models"]
+    assert seal["relative_pair_accuracy"]["n"] == 4 and "relative_pair_accuracy" not in base
+    assert base["reference_nll"]["n"] == 2 and (out / "likelihood" / "seal" / "pairs.parquet").exists()
+    (diff,) = lk_out["differences"]
+    assert (diff["candidate"], diff["baseline"]) == ("seal", "base")
+    assert diff["mean_margin"]["value"] == pytest.approx(seal["mean_margin"]["value"] - base["mean_margin"]["value"], abs=1e-9)
+    # The base model is the candidate with its adapter disabled: same margins as the relative ones' reference.
+    assert diff["mean_margin"]["value"] == pytest.approx(seal["mean_relative_margin"]["value"], abs=1e-5)
+    assert any("nomodel" in n and "likelihood" in n for n in meta["notes"])
+    report = (out / "report.md").read_text()
+    assert "## Likelihood measures (no judge)" in report and "Paired differences (candidate − baseline)" in report
+    assert "| seal | 4 |" in report and "| base | 4 |" in report
+    markdown, facts = build_summary({"run_dir": str(tmp_path), "evaluate_dir": str(out)})
+    assert "Likelihood measures" in markdown and "| seal − base |" in markdown
+    assert facts["likelihood"]["seal"]["pair_accuracy"] == seal["pair_accuracy"]["value"]
+    # Without pairs configured, an earlier run's likelihood outputs are removed.
+    c.pairs = c.references = ""
+    evaluate(c)
+    assert not (out / "likelihood").exists() and "Likelihood" not in (out / "report.md").read_text()

@@ -185,3 +185,15 @@ def test_load_adapter_roundtrip(tmp_path):
         torch.testing.assert_close(loaded(**batch).logits, peft_model(**batch).logits)
     with pytest.raises(SealError, match="adapter_config.json"):
         models.load_adapter("tiny-random", str(tmp_path / "nothing"))
+
+
+def test_mmap_threshold_is_pinned_on_glibc_unless_the_user_set_it(monkeypatch):
+    import platform
+
+    from seal_core.malloc import fix_mmap_threshold
+
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    on_glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert fix_mmap_threshold() is on_glibc
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    assert fix_mmap_threshold() is False

@@ -14,8 +14,10 @@ def register(sub) -> None:
     p = sub.add_parser(
         "finetune",
         help="LoRA fine-tune a model on selected samples (writes an adapter)",
-        description="LoRA supervised fine-tuning on canonical samples, loss on assistant tokens only. "
-        "Defaults follow the paper's recipe: 2 epochs, constant lr 1e-5, LoRA r=16 alpha=16 on q_proj, v_proj.",
+        description="LoRA fine-tuning on canonical samples, loss on assistant tokens only. "
+        "Defaults follow the paper's recipe: 2 epochs, constant lr 1e-5, LoRA r=16 alpha=16 on q_proj, v_proj. "
+        "--objective ta-sft (or unlikelihood) with --unsafe FILE also pushes the model away from unsafe "
+        "answers (docs/finetune.md).",
     )
     options.add_config_arguments(p, ARGS, set_example="--set lora.r=8 --set batch_size=16",
                                  resume_help="continue from out/checkpoints/last.safetensors")

@@ -31,7 +31,7 @@ def run(args) -> int:
     from seal_core.training import is_main_process
 
     cfg = build_config(args)
-    if cfg.method in ("seal", "seal-penalty", "dsir") and not cfg.safe:
+    if cfg.method in ("seal", "seal-penalty", "seal-probe", "dsir", "compliance", "combined") and not cfg.safe:
         raise SealError(f"--method {cfg.method} needs --safe")
     path = rank(cfg, resume=args.resume)
     if is_main_process():

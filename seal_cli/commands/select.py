@@ -12,15 +12,17 @@ from .. import options
 from ..dataclass_args import ConfigArgs
 
 DESCRIPTION = """\
-Keep the best-scored samples of a pool. Give exactly one of --top-k, --top-p, --min-score.
+Keep the best-scored samples of a pool. Give exactly one of --top-k, --top-p, --min-score,
+or --bottom-k to keep the N lowest-ranked instead (e.g. an unsafe set for ta-sft).
 
 Candidates are the pool samples that have a score; order is score descending, then
 sample_id ascending (ties are exact and reproducible). --top-p keeps k = floor(p*N + 0.5)
 (nearest, halves up; at least 1) of the N candidates; --min-score is inclusive.
-A NaN score ranks last. Only scores.parquet is read: a new k never rescores.
+A NaN score ranks last. --bottom-k keeps the last N of that order, written worst first
+(score ascending, then sample_id descending). Only scores.parquet is read: a new k never rescores.
 
-Writes to --out: selected.parquet (canonical schema, pool rows unchanged, best first),
-selected.jsonl (--export messages: {"sample_id", "messages"}; --export alpaca:
+Writes to --out: selected.parquet (canonical schema, pool rows unchanged, best first;
+--bottom-k: worst first), selected.jsonl (--export messages: {"sample_id", "messages"}; --export alpaca:
 {"sample_id", "instruction", "input", "output"[, "system"][, "history"]}), and with alpaca,
 export_rejects.jsonl listing selected conversations that have no Alpaca form (multi-turn
 unless --alpaca-multiturn history; they stay in selected.parquet), selection.json (counts,
@@ -28,13 +30,13 @@ threshold score, k, fraction, input fingerprints) and config.json.
 """
 
 
-ARGS = ConfigArgs(SelectConfig, exclusive=(("top_k", "top_p", "min_score"),))
+ARGS = ConfigArgs(SelectConfig, exclusive=(("top_k", "top_p", "min_score", "bottom_k"),))
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "select",
-        help="keep the top-scored samples of a pool",
+        help="keep the top-scored (or, with --bottom-k, the lowest-ranked) samples of a pool",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -64,7 +66,7 @@ def run(args) -> int:
     thr = s["threshold_score"]
     print(
         f"selected {s['k']:,} of {s['n_candidates']:,} scored pool samples ({100 * s['fraction']:.1f}%)"
-        + (f", score >= {thr:.6g}" if thr is not None else "")
+        + (f", score {'<=' if cfg.mode == 'bottom_k' else '>='} {thr:.6g}" if thr is not None else "")
         + f" -> {res.selected}"
     )
     if res.export is not None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from ..errors import ConfigError, InputError
 from ..io import atomic_path, fingerprint_file, save_resolved_config, write_json, write_text
 from . import judges as J
 from .judges import JudgeConfig
+from .likelihood import LikelihoodSettings
 from .refusal import DEFAULT_WINDOW, detect_refusal
 from .report import PairResult, RateStat, SafetyResult, build_report, plot_refusals, plot_winrates, results_to_dict
 from .winrate import summarize
@@ -49,10 +51,18 @@ class ModelOutputs:
     outputs: str | None = field(default=None, metadata={"help": "generation JSONL on the comparison prompts"})
     harmful: str | None = field(default=None, metadata={"help": "generation JSONL on the harmful prompts"})
     name: str = field(default="", metadata={"help": "display name (default: the file's stem, or its folder's name)"})
+    model: str = field(default="", metadata={"help": "the model itself, for the likelihood measures (with `pairs`, `references` or `unsafe`)"})
+    adapter: str = field(default="", metadata={"help": "its LoRA adapter, for the likelihood measures (empty: none)"})
 
     def __post_init__(self) -> None:
-        if not self.outputs and not self.harmful:
-            raise ConfigError("a model needs 'outputs' (comparison prompts) or 'harmful' (harmful prompts), or both")
+        if not self.outputs and not self.harmful and not self.scorable:
+            raise ConfigError("a model needs 'outputs' (comparison prompts), 'harmful' (harmful prompts) or, for the "
+                              "likelihood measures, 'model' or 'adapter'")
+
+    @property
+    def scorable(self) -> bool:
+        """Whether the likelihood measures can load this model."""
+        return bool(self.model or self.adapter)
 
 
 @dataclass
@@ -68,8 +78,15 @@ class EvaluateConfig:
     seed: int = field(default=0, metadata={"help": "bootstrap seed"})
     n_bootstrap: int = field(default=2000, metadata={"help": "bootstrap resamples for the 95% interval"})
     resume: bool = field(default=True, metadata={"help": "reuse verdicts cached in OUT/cache from an earlier run"})
+    pairs: str = field(default="", metadata={"help": "preference pairs JSONL (prompt, chosen = safe, rejected = unsafe; or hh-rlhf): "
+                                                     "pair accuracy and margins of each model given a model/adapter"})
+    references: str = field(default="", metadata={"help": "reference answers JSONL: their NLL under each model (quality)"})
+    unsafe: str = field(default="", metadata={"help": "held-out unsafe answers JSONL: their NLL under each model (safety)"})
+    likelihood: LikelihoodSettings = field(default_factory=LikelihoodSettings, metadata={"help": "how the likelihood measures score answers"})
 
     def __post_init__(self) -> None:
+        if not isinstance(self.likelihood, LikelihoodSettings):
+            raise ConfigError(f"config key 'likelihood' must be a mapping of LikelihoodSettings keys, got {self.likelihood!r}")
         if not isinstance(self.judge, JudgeConfig):
             raise ConfigError(f"config key 'judge' must be a JudgeConfig, got {type(self.judge).__name__} {self.judge!r}")
         for key, ok in (("refusal_window", self.refusal_window >= 1), ("n_bootstrap", self.n_bootstrap >= 1)):
@@ -85,11 +102,15 @@ class EvaluateConfig:
     def models(self) -> list[ModelOutputs]:
         return [self.candidate, *self.baselines]
 
+    @property
+    def likelihood_inputs(self) -> dict[str, str]:
+        return {k: getattr(self, k) for k in ("pairs", "references", "unsafe") if getattr(self, k)}
+
 
 def _assign_names(models: Sequence[ModelOutputs]) -> None:
     """Fill empty names with the file stem, or its folder's name where stems collide."""
     def path_of(m: ModelOutputs) -> Path:
-        return Path(m.outputs or m.harmful or "model")
+        return Path(m.outputs or m.harmful or m.adapter or "model")
 
     stems = [m.name or path_of(m).stem for m in models]
     dup = {s for s in stems if stems.count(s) > 1}
@@ -345,8 +366,34 @@ def _open_cache(judge: J.Judge | None, cfg: EvaluateConfig, out: Path) -> J.Judg
     return None
 
 
+def _read_likelihood_inputs(cfg: EvaluateConfig, out: Path):
+    """The pairs and answer sets of the likelihood measures, checked before any model is loaded."""
+    if not cfg.likelihood_inputs:
+        return None
+    from .likelihood import read_inputs
+
+    return read_inputs(cfg.pairs, cfg.references, cfg.unsafe, skip_bad_rows=cfg.likelihood.skip_bad_rows,
+                       rejects_path=out / "likelihood" / "rejects.jsonl")
+
+
+def _likelihood(cfg: EvaluateConfig, inputs, out: Path) -> dict[str, Any] | None:
+    """Each model's likelihood measures (those with a model or adapter), written under ``out/likelihood``."""
+    models = [(m.name, m.model, m.adapter) for m in cfg.models if m.scorable]
+    if inputs is None or not models:
+        return None
+    from .likelihood import evaluate_models
+
+    _log(f"likelihood measures of {', '.join(n for n, _, _ in models)} on {', '.join(cfg.likelihood_inputs.values())}")
+    return evaluate_models(models, inputs, cfg.likelihood, out / "likelihood", seed=cfg.seed,
+                           n_bootstrap=cfg.n_bootstrap, compare_first=cfg.candidate.scorable)
+
+
 def _notes(cfg: EvaluateConfig, judge: J.Judge | None, aligned: dict, harmful: dict, pair_results: list[PairResult]) -> list[str]:
     notes = []
+    unscored = [m.name for m in cfg.models if not m.scorable]
+    if cfg.likelihood_inputs and unscored:
+        notes.append(f"No model or adapter given for {', '.join(unscored)}: no likelihood measures for "
+                     f"{'it' if len(unscored) == 1 else 'them'}.")
     if judge is None and aligned:
         notes.append("No judge was given (--judge none): win rates were not computed.")
     for b in cfg.baselines:
@@ -379,6 +426,8 @@ def _summary_meta(cfg: EvaluateConfig, judge_spec: str, notes: list[str]) -> dic
         for kind, path in (("outputs", m.outputs), ("harmful", m.harmful)):
             if path:
                 inputs[f"{m.name}.{kind}"] = {"path": str(path), "fingerprint": fingerprint_file(path)}
+    for kind, path in cfg.likelihood_inputs.items():
+        inputs[f"likelihood.{kind}"] = {"path": str(path), "fingerprint": fingerprint_file(path)}
     return {
         "judge": judge_spec,
         "judge_template": cfg.judge.template or "default",
@@ -393,28 +442,32 @@ def _summary_meta(cfg: EvaluateConfig, judge_spec: str, notes: list[str]) -> dic
 
 
 def _write_outputs(out: Path, cfg: EvaluateConfig, judge_spec: str, pair_results: list[PairResult],
-                   safety: list[SafetyResult], rows: _Rows, notes: list[str]) -> None:
+                   safety: list[SafetyResult], rows: _Rows, notes: list[str], likelihood: dict[str, Any] | None) -> None:
     # Remove outputs of an earlier run that this run does not rewrite, so none is mistaken for current.
     for name in OUTPUT_FILES:
         (out / name).unlink(missing_ok=True)
+    if likelihood is None:
+        shutil.rmtree(out / "likelihood", ignore_errors=True)
     winrate_png = plot_winrates(pair_results, out / "winrate.png")
     refusal_png = plot_refusals(safety, out / "refusal.png")
     if pair_results:
         _jsonl(out / "judgments.jsonl", rows.judgments)
     _jsonl(out / "safety.jsonl", rows.safety)
     _jsonl(out / "rejects.jsonl", rows.rejects)
-    write_json(out / "summary.json", results_to_dict(pair_results, safety, **_summary_meta(cfg, judge_spec, notes)))
+    write_json(out / "summary.json", results_to_dict(pair_results, safety, **_summary_meta(cfg, judge_spec, notes),
+                                                     likelihood=likelihood))
     images = [(cap, p.name) for cap, p in (("win rate", winrate_png), ("refusal rate", refusal_png)) if p]
     files = [
         ("per-prompt verdicts in both orders", "judgments.jsonl") if pair_results else None,
         ("per-answer refusal detection and harmfulness", "safety.jsonl"),
         ("empty answers, scored without the judge, and how", "rejects.jsonl"),
+        ("per-model likelihood measures (summary.json, pairs.parquet, answers.parquet)", "likelihood/") if likelihood else None,
         ("all numbers above, machine-readable", "summary.json"),
         ("the resolved configuration", "config.json"),
     ]
     report = build_report(
         pair_results, safety, judge=judge_spec, refusal_method=cfg.refusal_method, notes=notes,
-        images=images, files=[f for f in files if f],
+        images=images, files=[f for f in files if f], likelihood=likelihood,
     )
     write_text(out / "report.md", report)
     save_resolved_config(out, cfg)
@@ -434,6 +487,7 @@ def evaluate(config: EvaluateConfig, *, judge: J.Judge | None = None) -> Path:
     prompts = cfg.judge.prompts()
     # Read and check every input before loading a judge model or calling an API.
     benign, harmful, aligned = _read_inputs(cfg)
+    lk_inputs = _read_likelihood_inputs(cfg, out)
     own_judge = judge is None
     if judge is None:
         judge = J.make_judge(cfg.judge, prompts)
@@ -454,15 +508,17 @@ def evaluate(config: EvaluateConfig, *, judge: J.Judge | None = None) -> Path:
     finally:
         if own_judge and judge is not None:
             judge.close()
-    _write_outputs(out, cfg, judge_spec, pair_results, safety, rows, _notes(cfg, judge, aligned, harmful, pair_results))
+    likelihood = _likelihood(cfg, lk_inputs, out)
+    _write_outputs(out, cfg, judge_spec, pair_results, safety, rows, _notes(cfg, judge, aligned, harmful, pair_results),
+                   likelihood)
     return out
 
 
 def summary_lines(out_dir: str | os.PathLike) -> list[str]:
     """A few lines for the terminal, read back from summary.json."""
-    from .report import load_results
+    from .report import likelihood_lines, load_results
 
-    pairs, safety, _ = load_results(out_dir)
+    pairs, safety, meta = load_results(out_dir)
     lines = []
     for p in pairs:
         s = p.summary
@@ -484,4 +540,4 @@ def summary_lines(out_dir: str | os.PathLike) -> list[str]:
             parts.append(f"refusal on comparison prompts {s.benign_refusal.rate:.1f}%")
         if parts:
             lines.append(f"{s.model}: " + ", ".join(parts))
-    return lines
+    return lines + likelihood_lines(meta.get("likelihood"))

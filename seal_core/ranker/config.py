@@ -11,13 +11,15 @@ from ..tokenization import DEFAULT_LOGITS_BUDGET
 
 @dataclass
 class SelectorConfig:
-    update: Literal["centered", "reference"] = field(
+    update: Literal["centered", "reference", "hypergradient"] = field(
         default="centered",
         metadata={
             "help": "Selector gradient estimate. 'centered' (default): (N/B)*p_j*(d_j - c) for batch members "
             "and 0 for the rest, with c a running mean of d over recent batches: an unbiased estimate of the "
             "full objective's gradient p_j*(d_j - sum_i p_i*d_i). 'reference': the literal reference-code "
-            "update, Adam/SGD on mean_B(w_i*d_i), kept for comparison."
+            "update, Adam/SGD on mean_B(w_i*d_i), kept for comparison. 'hypergradient' (method=seal): d_i is "
+            "the one-step hypergradient dL_safe(theta')/dw_i = -(eta/B)<grad L_safe, grad l_i> (one backward "
+            "per pool sample), fed to the centred rule with d - c divided by its running RMS."
         },
     )
     weighting: Literal["softmax", "sigmoid"] = field(
@@ -55,6 +57,24 @@ class SelectorConfig:
             "own mean would cancel the very differences the selector must see."
         },
     )
+    safe_gradient: Literal["whole", "refusal_vs_helpful", "anchors"] = field(
+        default="whole",
+        metadata={
+            "help": "update=hypergradient: the upper objective whose gradient the samples' gradients are "
+            "dotted with. 'whole' (default): the step's safe batch. 'refusal_vs_helpful': the safe set split "
+            "by the text-based refusal detector, L_refusals - L_helpful (raw dot products, so the score is "
+            "alignment with the refusals minus alignment with the helpful answers; He, Xia, Henderson 2024). "
+            "'anchors': L_refusals - L_anchors, the anchors being --anchors (unsafe prompt + compliant answer)."
+        },
+    )
+    first_tokens: int = field(
+        default=0,
+        metadata={
+            "help": "update=hypergradient: take the per-sample and reference losses over the first k tokens of "
+            "each answer only (safety alignment lives mostly there, Qi et al. 2024); 0 (default): the whole "
+            "answer. The LoRA step itself always uses the whole answer."
+        },
+    )
 
     def __post_init__(self):
         if self.lr is None:
@@ -66,6 +86,11 @@ class SelectorConfig:
         self.betas = tuple(self.betas)
         if not 0.0 <= self.center_momentum < 1.0:
             raise ConfigError(f"selector.center_momentum must be in [0, 1), got {self.center_momentum}")
+        if self.first_tokens < 0:
+            raise ConfigError(f"selector.first_tokens must be >= 0, got {self.first_tokens}")
+        if self.update != "hypergradient" and (self.safe_gradient != "whole" or self.first_tokens):
+            raise ConfigError("selector.safe_gradient and selector.first_tokens only apply to "
+                              f"selector.update=hypergradient (got update={self.update})")
 
 
 @dataclass
@@ -85,12 +110,85 @@ class LoraConfig:
 
 
 @dataclass
+class ComplianceConfig:
+    layers: list[int] = field(
+        default_factory=list,
+        metadata={"help": "Candidate layers (indices into the model's hidden states, 0 = embeddings) for "
+                  "method=compliance; empty: all. The anchors' leave-one-out AUROC picks one of them."},
+    )
+    shrinkage: Optional[float] = field(
+        default=None,
+        metadata={"help": "Covariance shrinkage alpha in (0, 1] toward (tr/d)*I for the whitening; default: the "
+                  "Ledoit-Wolf estimate (the pool has fewer rows than the hidden size, so the plain covariance "
+                  "is singular)."},
+    )
+    prompt_weight: float = field(
+        default=1.0,
+        metadata={"help": "Weight of the prompt term <v, h_last_prompt> (how readily the model would comply "
+                  "with the request itself); 0: the answer term alone."},
+    )
+
+    def __post_init__(self):
+        if any(l < 0 for l in self.layers):
+            raise ConfigError(f"compliance.layers must be >= 0, got {self.layers}")
+        if self.shrinkage is not None and not 0.0 < self.shrinkage <= 1.0:
+            raise ConfigError(f"compliance.shrinkage must be in (0, 1], got {self.shrinkage}")
+        if self.prompt_weight < 0:
+            raise ConfigError(f"compliance.prompt_weight must be >= 0, got {self.prompt_weight}")
+
+
+@dataclass
+class CombinedConfig:
+    compliance_weight: float = field(
+        default=0.5,
+        metadata={"help": "method=combined: weight of the compliance rank; the loss rank gets 1 - it."},
+    )
+
+    def __post_init__(self):
+        if not 0.0 <= self.compliance_weight <= 1.0:
+            raise ConfigError(f"combined.compliance_weight must be in [0, 1], got {self.compliance_weight}")
+
+
+@dataclass
+class ProbeConfig:
+    layer: int = field(
+        default=-1,
+        metadata={"help": "method=seal-probe: hidden-state layer the selector reads (index into the model's "
+                  "hidden states, 0 = embeddings). -1 (default): the middle layer, num_layers // 2, a choice "
+                  "made from the architecture alone, never from labels."},
+    )
+    hidden: int = field(
+        default=0,
+        metadata={"help": "Selector network: 0 (default) a linear map of the features to the logit; > 0 an MLP "
+                  "with one hidden layer of this width."},
+    )
+    lr: Optional[float] = field(
+        default=None,
+        metadata={"help": "Learning rate of the selector network. Default: selector.lr / D for sgd and "
+                  "selector.lr / sqrt(D) for adam (D: feature dimension), so that a step moves a sample's "
+                  "own logit about as far as the free logit's step would (standardised features have "
+                  "|h|^2 ~ D; Adam moves every coordinate by ~lr, D of them with mixed signs)."},
+    )
+    weight_decay: float = field(default=0.0, metadata={"help": "Weight decay of the selector network."})
+
+    def __post_init__(self):
+        if self.layer < -1:
+            raise ConfigError(f"probe.layer must be >= 0, or -1 for the middle layer; got {self.layer}")
+        if self.hidden < 0:
+            raise ConfigError(f"probe.hidden must be >= 0, got {self.hidden}")
+        if self.lr is not None and not self.lr > 0:
+            raise ConfigError(f"probe.lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"probe.weight_decay must be >= 0, got {self.weight_decay}")
+
+
+@dataclass
 class RankConfig:
     pool: str = field(default="", metadata={"help": "Fine-tuning pool: ingest output dir, canonical Parquet, or a raw file."})
     safe: str = field(default="", metadata={"help": "Safe set (upper level; needed by seal, seal-penalty and dsir): same forms as pool."})
     out: str = field(default="", metadata={"help": "Output directory (scores.parquet, config.json, checkpoints/)."})
     model: str = field(default="smollm2-135m-instruct", metadata={"help": "Model: a named default, Hub id, local dir or .gguf file."})
-    method: Literal["seal", "seal-penalty", "random", "loss", "dsir"] = field(default="seal", metadata={"help": "Ranking method."})
+    method: Literal["seal", "seal-penalty", "random", "loss", "dsir", "compliance", "combined", "seal-probe"] = field(default="seal", metadata={"help": "Ranking method."})
     epochs: int = field(default=3, metadata={"help": "Passes over the pool (paper: 3)."})
     max_length: int = field(default=512, metadata={"help": "Token limit per sample (truncation policy applies above it)."})
     truncation: Literal["keep_prompt", "left", "right", "drop"] = field(
@@ -100,12 +198,16 @@ class RankConfig:
     train_on: Literal["final", "all"] = field(default="final", metadata={"help": "Which assistant turns carry loss."})
     batch_size: int = field(default=8, metadata={"help": "Effective pool batch per step (selector step size)."})
     safe_batch_size: int = field(default=8, metadata={"help": "Safe-set batch per step."})
-    micro_batch_size: int = field(default=8, metadata={"help": "Samples per forward pass; gradients accumulate up to batch_size."})
+    micro_batch_size: int = field(default=2, metadata={
+        "help": "Samples per forward pass; gradients accumulate up to batch_size (same update). Activations "
+                "dominate memory: SmolLM2 at 2 x 512 tokens peaks near 2.3 GiB on CPU, at 8 x 512 near 5 GiB. "
+                "Raise it on a GPU with memory to spare."})
     model_lr: float = field(default=1e-5, metadata={"help": "LoRA learning rate, constant (paper: 1e-5)."})
     gamma0: float = field(default=1.0, metadata={"help": "Initial upper-level weight gamma (paper: 1.0)."})
     gamma_decay: float = field(default=0.03, metadata={"help": "delta: gamma drops by this after each epoch (paper: 0.03)."})
     lora: LoraConfig = field(default_factory=LoraConfig, metadata={"help": "LoRA settings."})
     selector: SelectorConfig = field(default_factory=SelectorConfig, metadata={"help": "Selector settings."})
+    probe: ProbeConfig = field(default_factory=ProbeConfig, metadata={"help": "method=seal-probe: the selector network."})
     seed: int = field(default=0, metadata={"help": "Seed for data order, initialisation and the random baseline."})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N."})
     dtype: str = field(default="auto", metadata={"help": "auto (cuda: bfloat16, cpu: float32), float32, bfloat16, float16."})
@@ -118,6 +220,13 @@ class RankConfig:
         "help": "Most LM-head logits (target tokens x vocabulary) held at once, forward and backward: the head "
                 "runs on logits_budget // vocab tokens at a time. Lower it to save memory; the losses do not change."})
     dsir_buckets: int = field(default=10000, metadata={"help": "Hashed n-gram buckets for the dsir baseline."})
+    anchors: str = field(default="", metadata={
+        "help": "method=compliance/combined: a few unsafe examples (prompt + compliant answer; any file ingest "
+                "reads, like finetune's --unsafe) that set the compliance direction. Without it the safe set's "
+                "non-refusal answers stand in, which measures style more than compliance."})
+    compliance: ComplianceConfig = field(default_factory=ComplianceConfig,
+                                         metadata={"help": "method=compliance/combined settings."})
+    combined: CombinedConfig = field(default_factory=CombinedConfig, metadata={"help": "method=combined settings."})
     max_steps: int = field(default=0, metadata={"help": "Stop after this many steps in total (0: no limit); for smoke tests."})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
     processes: int = field(default=1, metadata={"help": "Train on this many local processes (torch.distributed: one "
@@ -140,6 +249,11 @@ class RankConfig:
             raise ConfigError("checkpoint_every and max_steps must be >= 0")
         if self.processes < 1:
             raise ConfigError(f"processes must be >= 1, got {self.processes}")
+        if self.selector.update == "hypergradient" and (self.method != "seal" or self.selector.baseline != "none"):
+            raise ConfigError("selector.update=hypergradient replaces d_i itself: it needs method=seal and "
+                              f"selector.baseline=none (got method={self.method}, baseline={self.selector.baseline})")
+        if self.selector.safe_gradient == "anchors" and not self.anchors:
+            raise ConfigError("selector.safe_gradient=anchors needs --anchors FILE")
 
     def gamma(self, epoch: int) -> float:
         """Upper-level weight in ``epoch`` (0-based): gamma0 - delta*epoch, floored at 0."""

@@ -83,6 +83,13 @@ def _rank(cfg: RankConfig, out: Path, resume: bool, on_progress: Optional[Progre
                                        dist=dist, logits_budget=cfg.logits_budget)
             # High loss under the unadapted model = unlike what the model already does: drop first.
             scores = -losses
+        elif cfg.method in ("compliance", "combined"):
+            from .combined import rank_by_compliance
+
+            scores, losses = np.full(len(ids), math.nan), np.full(len(ids), math.nan)
+            scores[pos], losses[pos], meta["compliance"] = rank_by_compliance(cfg, model, tok, pool, enc, out, dist)
+            meta["inputs"].update({k: {"path": getattr(cfg, k), "fingerprint": _fingerprint(getattr(cfg, k))}
+                                   for k in ("safe", "anchors") if getattr(cfg, k)})
         else:
             safe = load_required_samples(cfg.safe, "safe set")
             meta["inputs"]["safe"] = {"path": cfg.safe, "fingerprint": _fingerprint(cfg.safe), "n": len(safe)}
@@ -102,6 +109,10 @@ def _rank(cfg: RankConfig, out: Path, resume: bool, on_progress: Optional[Progre
             meta["steps"] = state.steps
             meta["completed"] = state.completed
             meta["safe_dropped"] = len(safe_dropped)
+            if cfg.method == "seal-probe" and dist.is_main:
+                from .probe import export_selector
+
+                export_selector(out, cfg, meta["model_id"])
     if not dist.is_main:
         return out / "scores.parquet"
     if dropped:

@@ -15,14 +15,16 @@ Each step, following the reference implementation's alternating scheme:
 3. selector update from the fixed signal ``d_i``: ``l_i`` for ``seal``,
    ``l_i(theta) - l_i(theta_0)`` with ``selector.baseline=initial``, and
    ``l_i(theta) - l_i(theta_lower)`` for ``seal-penalty``; the rule
-   (``selector.update``) turns ``d`` into the selector's gradient.
+   (``selector.update``) turns ``d`` into the selector's gradient. With
+   ``selector.update=hypergradient`` ``d_i`` is instead the one-step hypergradient
+   ``dL_safe(theta')/dw_i`` (:mod:`.hypergrad`), taken at ``theta_t`` before step 1.
 
 ``gamma`` starts at ``gamma0`` and drops by ``delta`` after each epoch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -33,6 +35,7 @@ from ..errors import SealError
 from ..training import (Dist, ProgressFn, TrainingRun, adapter_state, attach_lora, load_adapter_state, micro_batches,
                         oom_as_error, seed_all)
 from .config import RankConfig
+from .hypergrad import HypergradientSignal, load_anchors
 from .selector import FreeLogitSelector, selector_entropy, selector_objective, selector_weights
 
 # Keys that may differ between a checkpointed run and its resumption (they do not change the maths).
@@ -57,7 +60,10 @@ class SealState:
 
 @dataclass
 class SealLoopState:
-    """Where the loop is, and the fixed baseline ``l_i(theta_0)`` of ``selector.baseline=initial``."""
+    """Where the loop is, and the fixed baseline ``l_i(theta_0)`` of ``selector.baseline=initial``.
+
+    ``ref_cursors``: ``[epoch, pos]`` of each reference set ``selector.safe_gradient`` cycles through.
+    """
 
     epoch: int = 0
     batch_pos: int = 0
@@ -65,16 +71,19 @@ class SealLoopState:
     safe_epoch: int = 0
     safe_pos: int = 0
     baseline: Optional[torch.Tensor] = None
+    ref_cursors: dict = field(default_factory=dict)
 
     def to_checkpoint(self) -> dict:
         return {"epoch": self.epoch, "batch_pos": self.batch_pos, "step": self.step,
                 "safe_epoch": self.safe_epoch, "safe_pos": self.safe_pos,
-                "baseline": self.baseline.cpu() if self.baseline is not None else None}
+                "baseline": self.baseline.cpu() if self.baseline is not None else None,
+                "ref_cursors": {k: list(v) for k, v in self.ref_cursors.items()}}
 
     @classmethod
     def from_checkpoint(cls, ck: dict, device) -> "SealLoopState":
         baseline = ck["baseline"].to(device) if ck["baseline"] is not None else None
-        return cls(ck["epoch"], ck["batch_pos"], ck["step"], ck["safe_epoch"], ck["safe_pos"], baseline)
+        return cls(ck["epoch"], ck["batch_pos"], ck["step"], ck["safe_epoch"], ck["safe_pos"], baseline,
+                   {k: list(v) for k, v in ck.get("ref_cursors", {}).items()})
 
 
 class _Data:
@@ -86,7 +95,7 @@ class _Data:
         self.pool_lengths = [e.n_tokens for e in pool_enc]
         self.safe_lengths = [e.n_tokens for e in safe_enc]
 
-    def _tensors(self, enc: list, idx: list[int]) -> dict[str, torch.Tensor]:
+    def tensors(self, enc: list, idx: list[int]) -> dict[str, torch.Tensor]:
         from ..tokenization import collate
 
         return {k: v.to(self.device) for k, v in collate([enc[i] for i in idx], self.pad_id).items()}
@@ -123,12 +132,12 @@ class _Data:
         parts = micro_batches(self.dist.share(s_idx), self.cfg.micro_batch_size)
         if gamma <= 0:
             with torch.no_grad():
-                total = sum(per_sample_loss(model, self._tensors(self.safe, mb), self.cfg.logits_budget).sum().item()
+                total = sum(per_sample_loss(model, self.tensors(self.safe, mb), self.cfg.logits_budget).sum().item()
                             for mb in parts) / len(s_idx)
             return self.dist.sum_scalar(total, self.device)
         total = 0.0
         for mb in parts:
-            ls = per_sample_loss(model, self._tensors(self.safe, mb), self.cfg.logits_budget)
+            ls = per_sample_loss(model, self.tensors(self.safe, mb), self.cfg.logits_budget)
             (gamma * ls.sum() / len(s_idx)).backward()
             total += ls.detach().sum().item() / len(s_idx)
         return self.dist.sum_scalar(total, self.device)
@@ -147,11 +156,11 @@ class _Data:
         pos = 0
         for mb in micro_batches(idx, self.cfg.micro_batch_size):
             if train:
-                l = per_sample_loss(model, self._tensors(self.pool, mb), self.cfg.logits_budget)
+                l = per_sample_loss(model, self.tensors(self.pool, mb), self.cfg.logits_budget)
                 (scale * (w[pos: pos + len(mb)] * l).sum() / n).backward()
             else:
                 with torch.no_grad():
-                    l = per_sample_loss(model, self._tensors(self.pool, mb), self.cfg.logits_budget)
+                    l = per_sample_loss(model, self.tensors(self.pool, mb), self.cfg.logits_budget)
             out[pos: pos + len(mb)] = l.detach().float()
             pos += len(mb)
         return self.dist.gather(out, n)
@@ -172,6 +181,7 @@ class _Learners:
         self.params_lower = adapter_parameters(model, "lower") if self.penalty else []
         self.opt_lower = (torch.optim.AdamW(self.params_lower, lr=cfg.model_lr, weight_decay=0.0)
                           if self.penalty else None)
+        # The selector is built here, in this one place (method=seal-probe swaps in its own in train_seal).
         self.selector = FreeLogitSelector(n, cfg.selector, device)
 
     def to_checkpoint(self) -> dict:
@@ -227,13 +237,19 @@ def selector_signal(l_upper: torch.Tensor, l_lower: Optional[torch.Tensor], base
     return l_upper
 
 
-def bilevel_step(learners: _Learners, data: _Data, state: SealLoopState, idx: list[int], gamma: float) -> dict:
-    """One step of the alternating scheme; returns its log record (without step and epoch)."""
+def bilevel_step(learners: _Learners, data: _Data, state: SealLoopState, idx: list[int], gamma: float,
+                 hyper: Optional[HypergradientSignal] = None) -> dict:
+    """One step of the alternating scheme; returns its log record (without step and epoch).
+
+    ``hyper`` (selector.update=hypergradient) computes ``d`` at ``theta_t``, before the LoRA step.
+    """
     s_idx = data.next_safe_batch(state)
     w = learners.selector.weights()[idx]
+    d_hyper = (hyper(learners.model, learners.params, data, state.ref_cursors, idx, s_idx)
+               if hyper is not None else None)
     safe_loss, l_upper = upper_step(learners, data, idx, s_idx, w, gamma)
     l_lower = lower_step(learners, data, idx, w) if learners.penalty else None
-    d = selector_signal(l_upper, l_lower, state.baseline, idx)
+    d = d_hyper if d_hyper is not None else selector_signal(l_upper, l_lower, state.baseline, idx)
     learners.selector.step(idx, w, d)
     rec = {"gamma": gamma, "safe_loss": safe_loss, "pool_loss": l_upper.mean().item(),
            "weighted_pool_loss": (w * l_upper).mean().item(), "selector_entropy": selector_entropy(learners.selector.z),
@@ -272,10 +288,17 @@ def train_seal(cfg: RankConfig, model, tokenizer, pool_enc: list, safe_enc: list
                                                       logits_budget=cfg.logits_budget),
                                          dtype=torch.float32, device=device)
     learners = _Learners(cfg, model, len(pool_enc), device)
+    if cfg.method == "seal-probe":  # logits from a network over frozen features (LoRA's B is still 0)
+        from .probe import probe_selector
+
+        learners.selector = probe_selector(cfg, model, tokenizer, pool_enc, dist)
     ck = run.restore(resume)
     if ck is not None:
         learners.load_checkpoint(ck)
         state = SealLoopState.from_checkpoint(ck, device)
+
+    hyper = (HypergradientSignal(cfg, tokenizer, safe_enc, load_anchors(cfg, tokenizer))
+             if cfg.selector.update == "hypergradient" else None)
 
     def checkpoint() -> None:
         run.save({**learners.to_checkpoint(), **state.to_checkpoint()})
@@ -290,7 +313,7 @@ def train_seal(cfg: RankConfig, model, tokenizer, pool_enc: list, safe_enc: list
             # one bilevel step: upper LoRA, lower LoRA (penalty), selector
             gamma = cfg.gamma(state.epoch)
             rec = {"step": state.step + 1, "epoch": state.epoch + 1,
-                   **bilevel_step(learners, data, state, idx, gamma)}
+                   **bilevel_step(learners, data, state, idx, gamma, hyper)}
             run.log(rec, ep=state.epoch + 1, safe=f"{rec['safe_loss']:.3f}", pool=f"{rec['pool_loss']:.3f}",
                     g=f"{gamma:.2f}", H=f"{rec['selector_entropy']:.4f}")
     if learners.penalty:

@@ -38,6 +38,8 @@ class SelectorUpdate:
     """
 
     name: ClassVar[str]
+    # What the loop hands over as d: "loss" (l_i, or its change against a baseline) or "hypergradient".
+    signal: ClassVar[str] = "loss"
 
     def __init__(self, cfg: SelectorConfig):
         self.cfg = cfg
@@ -95,6 +97,44 @@ class ReferenceUpdate(SelectorUpdate):
 
     def objective(self, z, idx, d):
         return (selector_weights(z, self.cfg.weighting)[idx] * d).mean()
+
+
+@register_update
+class HypergradientUpdate(CenteredUpdate):
+    """The centred rule on ``d_i = dL_safe(theta')/dw_i`` (:mod:`.hypergrad`), divided by its running RMS.
+
+    Through ``w = N*softmax(z)``, ``dF/dz_j = sum_i d_i*dw_i/dz_j = N*p_j*(d_j - sum_i p_i*d_i)``: the
+    centred gradient is the chain rule of the hypergradient. Its size (``eta/B`` times products of
+    gradient norms) changes by orders of magnitude between models and over training, so ``d - c`` is
+    divided by a running RMS of itself: a sample one RMS from the centre then moves by about
+    ``lr/B`` per visit, the units ``selector.lr`` has for the loss signal. One scale for the whole
+    batch keeps the samples' relative sizes, which Adam's per-coordinate scaling would not.
+    """
+
+    name = "hypergradient"
+    signal = "hypergradient"
+
+    def __init__(self, cfg: SelectorConfig):
+        super().__init__(cfg)
+        self.mean_square: Optional[float] = None
+
+    def observe(self, w: torch.Tensor, d: torch.Tensor) -> None:
+        super().observe(w, d)
+        wd = w.detach()
+        batch_ms = ((wd * (d - self.center) ** 2).sum() / wd.sum()).item()
+        m = self.cfg.center_momentum
+        self.mean_square = batch_ms if self.mean_square is None else m * self.mean_square + (1.0 - m) * batch_ms
+
+    def objective(self, z, idx, d):
+        rms = math.sqrt(self.mean_square) if self.mean_square else 1.0
+        return centered_objective(z, idx, d / rms, self.cfg.weighting, (self.center or 0.0) / rms)
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "mean_square": self.mean_square}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.mean_square = state["mean_square"]
 
 
 def centered_objective(z: torch.Tensor, idx: torch.Tensor, d: torch.Tensor, weighting: str,

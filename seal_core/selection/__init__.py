@@ -13,7 +13,9 @@ Semantics (documented in ``seal select --help`` too):
 - ``top_k``: the first ``min(k, N)`` candidates. ``top_p``: the first
   ``k = floor(p * N + 0.5)`` (nearest integer, halves up), at least 1, where
   N is the number of candidates. ``min_score``: every candidate with
-  ``score >= min_score`` (inclusive).
+  ``score >= min_score`` (inclusive). ``bottom_k``: the last ``min(k, N)``
+  candidates of that order, written worst first (score ascending, then
+  ``sample_id`` descending); ``threshold_score`` is then the highest score kept.
 
 How it streams (10M rows fit in well under a gigabyte besides the rows being
 copied): pass 1 reads only ``sample_id`` and ``score`` from the scores file,

@@ -10,7 +10,7 @@ from typing import Any, Literal, Optional
 from ..errors import ConfigError
 
 EXPORTS = ("messages", "alpaca", "none")
-MODES = ("top_k", "top_p", "min_score")
+MODES = ("top_k", "top_p", "min_score", "bottom_k")
 
 
 @dataclass
@@ -21,6 +21,11 @@ class SelectConfig:
         metadata={"help": "Keep this fraction of the scored pool: k = floor(p*N + 0.5), at least 1."},
     )
     min_score: Optional[float] = field(default=None, metadata={"help": "Keep every sample with score >= this."})
+    bottom_k: Optional[int] = field(
+        default=None,
+        metadata={"help": "Keep the k lowest-ranked samples instead, worst first (e.g. an unsafe set for "
+                          "ta-sft from a SEAL scores file)."},
+    )
     export: Literal["messages", "alpaca", "none"] = field(
         default="messages",
         metadata={"help": "Also write selected.jsonl in this form for other trainers ('none': skip)."},
@@ -44,11 +49,13 @@ class SelectConfig:
         given = [n for n in MODES if getattr(self, n) is not None]
         if len(given) != 1:
             raise ConfigError(
-                "select: give exactly one of top_k, top_p, min_score"
+                "select: give exactly one of top_k, top_p, min_score, bottom_k"
                 + (f" (got {', '.join(given)})" if given else "")
             )
         if self.top_k is not None and (isinstance(self.top_k, bool) or self.top_k < 1):
             raise ConfigError(f"select.top_k must be a positive integer, got {self.top_k!r}")
+        if self.bottom_k is not None and (isinstance(self.bottom_k, bool) or self.bottom_k < 1):
+            raise ConfigError(f"select.bottom_k must be a positive integer, got {self.bottom_k!r}")
         if self.top_p is not None and not (0 < self.top_p <= 1):
             raise ConfigError(f"select.top_p must be in (0, 1], got {self.top_p!r}")
         if self.min_score is not None and math.isnan(self.min_score):

@@ -116,11 +116,28 @@ def lookup(index: ScoreIndex, ids: pa.Array, what: str = "pool") -> np.ndarray:
     return np.where(found, pos, -1)
 
 
+def _bottom(cand_pos: np.ndarray, cand_scores: np.ndarray, k: int) -> np.ndarray:
+    """The last ``k`` candidates of the ranking (score desc, sample_id asc), worst first."""
+    n = len(cand_pos)
+    k = min(k, n)
+    threshold = np.partition(cand_scores, k - 1)[k - 1]
+    chosen = cand_scores < threshold
+    need = k - int(np.count_nonzero(chosen))
+    # Among tied scores the ranking puts the smallest ids first, so its last ones are the largest ids.
+    tied = np.flatnonzero(cand_scores == threshold)
+    chosen[tied[len(tied) - need:]] = True
+    # Worst first: score ascending, then sample_id descending (the ranking read backwards).
+    selected = cand_pos[chosen][::-1]
+    return selected[np.argsort(cand_scores[chosen][::-1], kind="stable")]
+
+
 def choose(index: ScoreIndex, eligible: np.ndarray | None, config: SelectConfig) -> np.ndarray:
-    """Positions in ``index`` of the selected samples, best first."""
+    """Positions in ``index`` of the selected samples, best first (``bottom_k``: worst first)."""
     cand_pos = np.flatnonzero(eligible) if eligible is not None else np.arange(len(index))
     cand_scores = index.scores[cand_pos]
     n = len(cand_pos)
+    if config.bottom_k is not None:
+        return _bottom(cand_pos, cand_scores, config.bottom_k) if n else np.zeros(0, np.int64)
     if config.top_k is not None:
         k = min(config.top_k, n)
     elif config.top_p is not None:
@@ -148,8 +165,9 @@ def ranked_selection(
     top_k: int | None = None,
     top_p: float | None = None,
     min_score: float | None = None,
+    bottom_k: int | None = None,
 ) -> list[str]:
-    """The selected ``sample_id``s of a scores file alone (no pool), best first."""
-    cfg = SelectConfig(top_k=top_k, top_p=top_p, min_score=min_score, export="none")
+    """The selected ``sample_id``s of a scores file alone (no pool), best first (``bottom_k``: worst first)."""
+    cfg = SelectConfig(top_k=top_k, top_p=top_p, min_score=min_score, bottom_k=bottom_k, export="none")
     index = read_score_index(scores_path)
     return [b.decode("utf-8") for b in index.ids[choose(index, None, cfg)]]

@@ -140,9 +140,10 @@ def _summary(cfg: SelectConfig, index: ScoreIndex, src: Pool, match: _PoolMatch,
         "pool_duplicate_rows": match.n_duplicates,
         "threshold_score": _finite(scores[selected[-1]]) if k else None,
         "threshold_sample_id": index.ids[selected[-1]].decode("utf-8") if k else None,
-        "best_score": _finite(scores[selected[0]]) if k else None,
+        "best_score": _finite(float(np.max(scores[selected]))) if k else None,
         "mean_selected_score": _finite(float(np.mean(scores[selected]))) if k else None,
-        "tie_break": "score desc, sample_id asc",
+        # bottom_k writes the ranking's tail read backwards, worst first.
+        "tie_break": "score asc, sample_id desc" if cfg.mode == "bottom_k" else "score desc, sample_id asc",
         "inputs": {
             "scores": {"path": str(index.path), "fingerprint": fingerprint_file(index.path)},
             "pool": {"path": str(src.path), "fingerprint": fingerprint_file(src.path)},

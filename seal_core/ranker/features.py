@@ -1,0 +1,122 @@
+"""Frozen hidden-state features of encoded samples, for selectors that score unseen data.
+
+For each requested layer ``l`` (an index into the model's ``output_hidden_states``: 0 is the
+embedding output, ``num_layers`` the final, normed layer) a sample gets two vectors:
+
+* ``resp_mean``: the mean of layer ``l``'s hidden states over the sample's target (answer) tokens;
+* ``last_prompt``: the hidden state at the last prompt token, the position right before the first
+  answer token, i.e. the state from which the model starts to answer.
+
+Batches are grouped by length under a token budget as :func:`~seal_core.tokenization.score_losses`
+does; each batch's hidden states are reduced to these per-sample vectors before the next runs.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ..errors import SealError
+from ..tokenization import IGNORE_INDEX, _backbone_and_head, collate, pad_token_id, scoring_batches
+
+Features = dict[int, tuple[np.ndarray, np.ndarray]]
+
+
+def num_hidden_layers(model) -> int:
+    """Decoder layers of ``model`` (peft-wrapped or not): ``output_hidden_states`` has one more entry."""
+    m, _, _ = _backbone_and_head(model)
+    n = getattr(m.config, "num_hidden_layers", None)
+    if n is None:
+        raise SealError(f"cannot tell how many layers {type(m).__name__} has (no config.num_hidden_layers)")
+    return int(n)
+
+
+def resolve_layers(model, layers: Optional[Sequence[int]]) -> list[int]:
+    """``layers`` as non-negative indices into ``output_hidden_states`` (None: all of them)."""
+    n = num_hidden_layers(model) + 1
+    if layers is None:
+        return list(range(n))
+    out = []
+    for l in layers:
+        if not -n <= l < n:
+            raise SealError(f"layer {l} out of range: the model has {n} hidden-state outputs (0..{n - 1})")
+        out.append(l % n)
+    return out
+
+
+def _reduce(hidden, labels, attention_mask):
+    """Per-sample (mean over target positions, state at the position before the first target)."""
+    import torch
+
+    target = (labels != IGNORE_INDEX) & attention_mask.bool()
+    count = target.sum(1)
+    if bool((count == 0).any()):
+        raise SealError("a sample without target tokens has no answer to take features from")
+    h = hidden.float()
+    resp = (h * target.unsqueeze(-1)).sum(1) / count.unsqueeze(-1)
+    # Position 0 never carries loss (tokenisation masks it), so the first target is at t0 >= 1.
+    t0 = target.int().argmax(1)
+    last = h[torch.arange(h.shape[0], device=h.device), t0 - 1]
+    return resp, last
+
+
+def _all_reduce(arr: np.ndarray, device) -> np.ndarray:
+    import torch
+    import torch.distributed as tdist
+
+    t = torch.from_numpy(arr).to(device)
+    tdist.all_reduce(t)
+    return t.cpu().numpy()
+
+
+def hidden_features(model, tokenizer, encoded: list, layers: Optional[Sequence[int]], batch_size: int,
+                    progress: bool = False, desc: str = "features", dist=None) -> Features:
+    """``{layer: (resp_mean [N, d], last_prompt [N, d])}`` float32, rows in the order of ``encoded``.
+
+    No gradient, eval mode. Every batch pads (on the right) to at most ``batch_size`` times the
+    longest sample's length. Under torch.distributed (``dist``: a
+    :class:`~seal_core.training.Dist`) each rank computes every ``world_size``-th batch and every
+    rank returns the whole arrays.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    if not len(encoded):
+        raise SealError("no samples to compute features of")
+    if batch_size < 1:
+        raise SealError(f"batch_size must be positive, got {batch_size}")
+    wanted = resolve_layers(model, layers)
+    m, backbone, head = _backbone_and_head(model)
+    device = next(head.parameters()).device
+    d = int(m.config.hidden_size)
+    pad_id = pad_token_id(tokenizer)
+    n = len(encoded)
+    resp = {l: np.zeros((n, d), dtype=np.float32) for l in wanted}
+    last = {l: np.zeros((n, d), dtype=np.float32) for l in wanted}
+    batches, progress = scoring_batches(encoded, batch_size, dist, progress)
+    distributed = dist is not None and dist.enabled
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for idx in tqdm(batches, desc=desc, unit="batch", disable=not progress, dynamic_ncols=True):
+                batch = {k: v.to(device) for k, v in collate([encoded[i] for i in idx], pad_id).items()}
+                hs = backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                              use_cache=False, output_hidden_states=True).hidden_states
+                for l in wanted:
+                    r, p = _reduce(hs[l], batch["labels"], batch["attention_mask"])
+                    resp[l][idx], last[l][idx] = r.cpu().numpy(), p.cpu().numpy()
+                del hs
+    except torch.OutOfMemoryError:
+        raise SealError(f"out of memory computing features with batch size {batch_size}; lower it") from None
+    finally:
+        model.train(was_training)
+    if distributed:
+        # Every row was filled by exactly one rank, zeros elsewhere: the sum is the whole array.
+        for l in wanted:
+            resp[l], last[l] = _all_reduce(resp[l], device), _all_reduce(last[l], device)
+    return {l: (resp[l], last[l]) for l in wanted}
+
+
+__all__ = ["Features", "hidden_features", "num_hidden_layers", "resolve_layers"]

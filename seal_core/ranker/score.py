@@ -1,0 +1,89 @@
+"""``seal score``: score a pool with the selector a ``seal rank --method seal-probe`` run trained.
+
+The pool need not be the one the selector was trained on: each sample is tokenised with the run's
+settings, its features are taken from the run's base model (no LoRA: the features the selector saw
+in training), and ``f_phi`` gives its score. Writes ``scores.parquet`` in the schema of ``seal rank``
+(``weight`` is ``N*softmax(score)`` over this pool's scored samples; ``loss`` is NaN: no model was
+trained here), ``config.json`` and, for samples tokenisation could not use, ``dropped.parquet``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from ..config import to_dict
+from ..errors import ConfigError, SealError
+from ..io import fingerprint_file, save_resolved_config, write_parquet
+from .pool import open_pool
+from .scores import write_scores
+
+
+@dataclass
+class ScoreConfig:
+    ranker: str = field(default="", metadata={"help": "Output directory of a `seal rank --method seal-probe` run."})
+    pool: str = field(default="", metadata={"help": "Pool to score: ingest output dir, canonical Parquet, or a raw file."})
+    out: str = field(default="", metadata={"help": "Output directory (scores.parquet, config.json)."})
+    batch_size: int = field(default=16, metadata={"help": "Feature pass batch at the longest length; shorter samples "
+                                                          "go more at once, in batches of the same number of tokens."})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N."})
+    dtype: str = field(default="", metadata={"help": "Model dtype; empty (default): the ranker run's, so the features "
+                                                     "match those the selector was trained on."})
+    progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
+
+    def __post_init__(self):
+        if self.batch_size <= 0:
+            raise ConfigError(f"batch_size must be positive, got {self.batch_size}")
+
+
+def _fingerprint(path: str) -> str:
+    p = Path(path)
+    return fingerprint_file(p) if p.is_file() else path
+
+
+def score(cfg: ScoreConfig) -> Path:
+    """Score ``cfg.pool`` with the selector in ``cfg.ranker``; returns ``cfg.out/scores.parquet``."""
+    import torch
+
+    from ..models import load_model
+    from .features import hidden_features
+    from .probe import load_trained_probe
+    from .selector import selector_weights
+
+    if not cfg.ranker or not cfg.out:
+        raise SealError("seal score needs --ranker (a seal-probe run directory) and --out")
+    t0 = time.time()
+    probe = load_trained_probe(cfg.ranker)
+    m = probe.meta
+    pool = open_pool(cfg.pool, "pool")
+    out = Path(cfg.out)
+    save_resolved_config(out, cfg)
+    model, tok = load_model(m["model"], device=cfg.device, dtype=cfg.dtype or m["dtype"], seed=m["seed"])
+    enc, dropped = pool.encode(tok, m["max_length"], m["train_on"], m["truncation"])
+    ids = pool.sample_ids
+    scores, weights = np.full(len(ids), math.nan), np.full(len(ids), math.nan)
+    if len(enc):
+        resp, last = hidden_features(model, tok, enc, [m["layer"]], cfg.batch_size, cfg.progress,
+                                     desc="score features")[m["layer"]]
+        z = probe.logits(resp, last)
+        pos = pool.positions(enc)
+        scores[pos] = z
+        weights[pos] = selector_weights(torch.as_tensor(z), m["weighting"]).numpy()
+    if dropped:
+        write_parquet(out / "dropped.parquet", pa.Table.from_pylist(
+            [{"sample_id": d["sample_id"], "reason": d["reason"]} for d in dropped]))
+    meta = {
+        "method": "seal-probe", "stage": "score", "model": m["model"], "model_id": m["model_id"], "config": to_dict(cfg),
+        "selector": m, "inputs": {"pool": {"path": cfg.pool, "fingerprint": _fingerprint(cfg.pool), "n": len(pool)},
+                                  "ranker": {"path": str(cfg.ranker)}},
+        "dropped": len(dropped), "wall_seconds": round(time.time() - t0, 2),
+    }
+    return write_scores(out / "scores.parquet", ids, scores, weights, None, meta)
+
+
+__all__ = ["ScoreConfig", "score"]
