@@ -5,8 +5,11 @@ at no cost in quality? Stages (each skipped when its output exists, so a killed 
 
 1. select    SEAL's top 70% of the ranked pool (``--scores``: a ``seal rank`` scores file of
              ``--pool``; by default the seal seed-0 run of bench/ranker_quality.py), a random 70%
-             (``seal rank --method random``), and the unsafe set: ``seal select --bottom-k`` of the
-             same SEAL scores (the documented recipe; never the evaluation data).
+             (``seal rank --method random``), and the unsafe set by one of the two documented recipes
+             (never from the evaluation data): ``--unsafe-source generate`` (default) has the base model
+             answer AdvBench requests that are not among the evaluation prompts and keeps the answers
+             the refusal detector does not flag (``seal generate --keep-compliant``);
+             ``--unsafe-source bottom-k`` takes ``seal select --bottom-k`` of the SEAL scores.
 2. eval sets hh-rlhf harmless-base pairs (``../shared/data/raw``), single-turn, whose request is in
              neither the pool, the controls, the safe set nor the unsafe set: ``--n-pairs`` for pair
              accuracy and, from other rows, ``--n-unsafe-eval`` compliant ``rejected`` answers (not
@@ -15,8 +18,8 @@ at no cost in quality? Stages (each skipped when its output exists, so a killed 
              appended), seal+unlikelihood, seal+ta-sft at each ``--lambdas``, random+sft; and for the
              sensitivity check, sft on ``--sens-n`` of the pool's harmful rows vs as many good rows.
 4. measure   ``seal likelihood`` per model (pair accuracy, its base-relative form, unsafe_nll,
-             reference_nll on eval_helpful.jsonl, with bootstrap 95% intervals; paired differences
-             against seal-sft), and greedy ``seal generate`` on harmful / helpful prompts for the
+             reference_nll on the first --n-references of eval_helpful.jsonl, with bootstrap 95% intervals; paired differences
+             against seal-sft; the base model's side is scored once, in a cache), and greedy ``seal generate`` on harmful / helpful prompts for the
              refusal and over-refusal rates.
 
 The labels file is read only to build the sensitivity check's two training sets (harmful vs good
@@ -50,6 +53,7 @@ sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared" / "data"
 BENCH = SHARED / "seal-bench"
 HH = SHARED / "raw" / "hh-rlhf-harmless-base-test.jsonl.gz"
+ADVBENCH = SHARED / "raw" / "advbench-harmful_behaviors.csv"
 # Which direction is safer for each measure, for the sensitivity check.
 SAFER = {"pair_accuracy": +1, "relative_pair_accuracy": +1, "mean_relative_margin": +1, "unsafe_nll": +1,
          "refusal_harmful": +1}
@@ -101,6 +105,8 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 def _selected_prompts(sel_dir: Path) -> set[str]:
     import pyarrow.parquet as pq
 
+    if (sel_dir / "unsafe.jsonl").exists():
+        return {_norm(r["prompt"]) for r in _jsonl(sel_dir / "unsafe.jsonl")}
     t = pq.read_table(sel_dir / "selected.parquet").to_pylist()
     return {_norm(_user_text({"messages": json.loads(r["messages"]) if isinstance(r["messages"], str) else r["messages"]}))
             for r in t}
@@ -136,6 +142,15 @@ def build_eval_sets(out: Path, pool: Path, unsafe_dir: Path, n_pairs: int, n_uns
     return counts
 
 
+def advbench_prompts(out: Path, n: int, seed: int) -> None:
+    """``n`` AdvBench requests (seeded) that are not evaluation prompts, for ``seal generate``."""
+    held_out = {_norm(r["prompt"]) for r in _jsonl(BENCH / "eval_harmful.jsonl")}
+    goals = [line.strip().strip('"') for line in ADVBENCH.read_text(encoding="utf-8").splitlines() if line.strip()]
+    goals = [g for g in dict.fromkeys(goals) if _norm(g) not in held_out]
+    random.Random(seed).shuffle(goals)
+    _write_jsonl(out, [{"prompt": g} for g in goals[:n]])
+
+
 def label_subsets(out: Path, pool: Path, labels_files: list[Path], n: int, seed: int) -> None:
     """The sensitivity check's training sets: ``n`` harmful rows and ``n`` good rows of the pool."""
     label = {}
@@ -151,7 +166,7 @@ def label_subsets(out: Path, pool: Path, labels_files: list[Path], n: int, seed:
 def arms(args) -> dict[str, list[str]]:
     """Arm name -> (training data, extra finetune flags)."""
     sel = args.out / "select"
-    unsafe = ["--unsafe", str(sel / "unsafe")]
+    unsafe = ["--unsafe", str(sel / "unsafe" / "unsafe.jsonl" if args.unsafe_source == "generate" else sel / "unsafe")]
     out = {"seal-sft": [str(sel / "seal")],
            "seal-sft+mix-safe": [str(sel / "seal"), "--mix-safe", str(BENCH / "safe_set.jsonl")],
            "seal-unlikelihood": [str(sel / "seal"), "--objective", "unlikelihood", *unsafe,
@@ -242,10 +257,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-length", type=int, default=160)
     ap.add_argument("--lambdas", type=float, nargs="+", default=[0.5, 2.0])
     ap.add_argument("--ul-lambda", type=float, default=0.5)
-    ap.add_argument("--unsafe-k", type=int, default=48, help="bottom-k of the SEAL scores used as the unsafe set")
+    ap.add_argument("--unsafe-source", choices=("generate", "bottom-k"), default="generate")
+    ap.add_argument("--unsafe-k", type=int, default=48, help="AdvBench requests to answer (generate), or the "
+                    "bottom-k of the SEAL scores (bottom-k)")
     ap.add_argument("--sens-n", type=int, default=160)
     ap.add_argument("--n-pairs", type=int, default=150)
     ap.add_argument("--n-unsafe-eval", type=int, default=80)
+    ap.add_argument("--n-references", type=int, default=30, help="eval_helpful.jsonl references for reference_nll")
     ap.add_argument("--gen-harmful", type=int, default=40)
     ap.add_argument("--gen-helpful", type=int, default=20)
     ap.add_argument("--gen-tokens", type=int, default=48)
@@ -279,12 +297,25 @@ def main(argv: list[str] | None = None) -> int:
     st.run("select random", sel / "random" / "selected.parquet", lambda: seal(
         "select", "--scores", str(out / "random-scores"), "--pool", str(args.pool), "--top-p", "0.7",
         "--out", str(sel / "random"), log=logs / "select-random.log"))
-    st.run("select unsafe", sel / "unsafe" / "selected.parquet", lambda: seal(
-        "select", "--scores", str(args.scores), "--pool", str(args.pool), "--bottom-k", str(args.unsafe_k),
-        "--out", str(sel / "unsafe"), log=logs / "select-unsafe.log"))
+    if args.unsafe_source == "bottom-k":
+        st.run("select unsafe", sel / "unsafe" / "selected.parquet", lambda: seal(
+            "select", "--scores", str(args.scores), "--pool", str(args.pool), "--bottom-k", str(args.unsafe_k),
+            "--out", str(sel / "unsafe"), log=logs / "select-unsafe.log"))
+    else:
+        (sel / "unsafe").mkdir(parents=True, exist_ok=True)
+        prompts = out / "data" / "advbench_prompts.jsonl"
+        advbench_prompts(prompts, args.unsafe_k, args.seed)
+        st.run("generate unsafe", sel / "unsafe" / "unsafe.jsonl", lambda: seal(
+            "generate", "--model", args.model, "--prompts", str(prompts), "--keep-compliant",
+            "--max-new-tokens", "64", "--batch-size", "8", "--out", str(sel / "unsafe" / "unsafe.jsonl"),
+            log=logs / "generate-unsafe.log"))
+        print(f"unsafe set: {len(_jsonl(sel / 'unsafe' / 'unsafe.jsonl'))} compliant answers of {args.unsafe_k} "
+              "AdvBench requests", flush=True)
     # 2. evaluation sets, disjoint from every training request
     st.run("eval sets", out / "data" / "eval_sets.json", lambda: build_eval_sets(
         out / "data", args.pool, sel / "unsafe", args.n_pairs, args.n_unsafe_eval, args.seed))
+    st.run("references", out / "data" / "references.jsonl", lambda: _write_jsonl(
+        out / "data" / "references.jsonl", _jsonl(BENCH / "eval_helpful.jsonl")[: args.n_references]))
     st.run("sens sets", out / "data" / "sens-good.jsonl", lambda: label_subsets(
         out / "data", args.pool, args.labels, args.sens_n, args.seed))
     print("eval sets:", (out / "data" / "eval_sets.json").read_text().replace("\n", " "), flush=True)
@@ -303,8 +334,9 @@ def main(argv: list[str] | None = None) -> int:
         compare = [] if m in ("base", "seal-sft") else ["--compare", str(out / "likelihood" / "seal-sft")]
         st.run(f"likelihood {m}", out / "likelihood" / m / "summary.json", lambda m=m, adapter=adapter, compare=compare: seal(
             "likelihood", "--model", args.model, *adapter, "--pairs", str(out / "data" / "pairs.jsonl"),
-            "--unsafe", str(out / "data" / "unsafe_eval.jsonl"), "--references", str(BENCH / "eval_helpful.jsonl"),
-            "--max-length", "256", *compare, "--out", str(out / "likelihood" / m), log=logs / f"likelihood-{m}.log"))
+            "--unsafe", str(out / "data" / "unsafe_eval.jsonl"), "--references", str(out / "data" / "references.jsonl"),
+            "--max-length", "256", "--set", f"settings.base_cache={out / 'likelihood' / 'base-cache'}", *compare,
+            "--out", str(out / "likelihood" / m), log=logs / f"likelihood-{m}.log"))
         for kind, src, n in (("harmful", BENCH / "eval_harmful.jsonl", args.gen_harmful),
                              ("helpful", BENCH / "eval_helpful.jsonl", args.gen_helpful)):
             path = out / "generate" / f"{m}-{kind}.jsonl"
@@ -316,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     table = report(args, models)
     print()
     print(f"model {args.model}; {args.max_steps} LoRA steps at lr {args.lr}, max_length {args.max_length}; "
-          f"unsafe set: bottom {args.unsafe_k} of the SEAL scores; lambdas {args.lambdas}, unlikelihood {args.ul_lambda}")
+          f"unsafe set: {args.unsafe_source} ({args.unsafe_k}); lambdas {args.lambdas}, unlikelihood {args.ul_lambda}")
     print(table)
     (out / "table.md").write_text(table + "\n")
     return 0

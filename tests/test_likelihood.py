@@ -240,3 +240,28 @@ def test_config_errors():
         LikelihoodConfig(out="x")
     with pytest.raises(ConfigError, match="batch_size"):
         LikelihoodSettings(batch_size=0)
+
+
+def test_base_cache_scores_the_base_once_and_changes_nothing(tmp_path, inputs, adapter_dir, capsys):
+    args = ["--model", "tiny-random", "--adapter", adapter_dir, "--pairs", inputs["pairs"], "--unsafe", inputs["unsafe"]]
+    code, cap = _run([*args, "--out", str(tmp_path / "uncached")], capsys)
+    assert code == 0, cap.err
+    cache = tmp_path / "cache"
+    for name in ("first", "second"):
+        code, cap = _run([*args, "--set", f"settings.base_cache={cache}", "--out", str(tmp_path / name)], capsys)
+        assert code == 0, cap.err
+    stored = json.loads((cache / "base_logp.json").read_text())
+    assert len(stored) == 4 * 2 + 1  # chosen and rejected of 4 pairs, 1 unsafe answer
+    want = pq.read_table(tmp_path / "uncached" / "pairs.parquet").to_pylist()
+    for name in ("first", "second"):
+        got = pq.read_table(tmp_path / name / "pairs.parquet").to_pylist()
+        for a, b in zip(want, got, strict=True):
+            assert b["base_logp_chosen"] == pytest.approx(a["base_logp_chosen"], abs=1e-6)
+            assert b["relative_margin"] == pytest.approx(a["relative_margin"], abs=1e-6)
+    # A corrupted value in the cache is what the second run would read: the cache is really used.
+    key = next(iter(stored))
+    stored[key] = 123.0
+    (cache / "base_logp.json").write_text(json.dumps(stored))
+    code, cap = _run([*args, "--set", f"settings.base_cache={cache}", "--out", str(tmp_path / "third")], capsys)
+    got = pq.read_table(tmp_path / "third" / "pairs.parquet").to_pylist()
+    assert any(123.0 in (r["base_logp_chosen"], r["base_logp_rejected"]) for r in got)

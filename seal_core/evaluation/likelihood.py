@@ -24,6 +24,8 @@ between two models is a mean of per-pair differences, so its bootstrap resamples
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -58,6 +60,9 @@ class LikelihoodSettings:
     dtype: str = field(default="auto", metadata={"help": "auto (cuda: bfloat16, cpu: float32), float32, bfloat16, float16."})
     skip_bad_rows: bool = field(default=False, metadata={"help": "Leave unusable input rows out (listed in rejects.jsonl) instead of failing."})
     progress: bool = field(default=True, metadata={"help": "Show progress bars on stderr."})
+    base_cache: str = field(default="", metadata={
+        "help": "Directory caching the base model's log-likelihoods (JSON, keyed by model and token ids), so "
+                "several adapters of one base, scored on the same inputs, score the base once."})
 
     def __post_init__(self) -> None:
         check_encode_options(self.max_length, "final", self.truncation)
@@ -238,6 +243,32 @@ def read_inputs(pairs: str, references: str, unsafe: str, *, skip_bad_rows: bool
 # ----------------------------------------------------------------------------- scoring
 
 
+class BaseCache:
+    """Mean log p per answer token under a base model, by digest of (model, scoring settings, token ids,
+    target mask). Plain JSON, written atomically: reading it back runs no code."""
+
+    def __init__(self, folder: Path, model: str, settings: LikelihoodSettings):
+        self.path = folder / "base_logp.json"
+        self.prefix = json.dumps([model, settings.dtype, settings.logits_budget > 0])
+        self.data: dict[str, float] = json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def key(self, e) -> str:
+        h = hashlib.blake2b(self.prefix.encode(), digest_size=16)
+        h.update(np.asarray(e.input_ids, dtype=np.int64).tobytes())
+        h.update(np.asarray(e.labels, dtype=np.int64).tobytes())
+        return h.hexdigest()
+
+    def get(self, key: str) -> float:
+        return self.data.get(key, math.nan)
+
+    def put(self, values: dict[str, float]) -> None:
+        from ..io import write_json
+
+        self.data.update(values)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(self.path, self.data)
+
+
 @dataclass
 class Scored:
     """Per-answer scores of one list of (prompt, answer): NaN where the answer could not be scored."""
@@ -253,8 +284,9 @@ class Scorer:
     """Scores answers with ``model`` and, given ``base`` ("adapter": the model with its adapter
     disabled; a model: that model, same tokenizer), with the base model too."""
 
-    def __init__(self, model, tokenizer, settings: LikelihoodSettings, base: Any = None):
+    def __init__(self, model, tokenizer, settings: LikelihoodSettings, base: Any = None, base_name: str = ""):
         self.model, self.tokenizer, self.settings, self.base = model, tokenizer, settings, base
+        self.base_name = base_name
 
     def _logp(self, model, encoded, desc: str) -> np.ndarray:
         from ..tokenization import score_losses
@@ -266,6 +298,18 @@ class Scorer:
     def _base_logp(self, encoded, desc: str) -> np.ndarray | None:
         if self.base is None:
             return None
+        if not self.settings.base_cache:
+            return self._base_logp_uncached(encoded, desc)
+        cache = BaseCache(Path(self.settings.base_cache), self.base_name, self.settings)
+        keys = [cache.key(e) for e in encoded]
+        out = np.array([cache.get(k) for k in keys], dtype=np.float64)
+        todo = [i for i, v in enumerate(out) if np.isnan(v)]
+        if todo:
+            out[todo] = self._base_logp_uncached([encoded[i] for i in todo], desc)
+            cache.put({keys[i]: float(out[i]) for i in todo})
+        return out
+
+    def _base_logp_uncached(self, encoded, desc: str) -> np.ndarray:
         if self.base == "adapter":
             # The same weights with LoRA bypassed: p0 without a second copy of the model.
             with self.model.disable_adapter():
@@ -390,7 +434,7 @@ def load_scorer(model: str, adapter: str, base_model: str, settings: LikelihoodS
     elif adapter_dir is not None:
         base, described = "adapter", f"{name} without the adapter"
     info = {"model": name, "adapter": str(adapter_dir) if adapter_dir else None, "base": described}
-    return Scorer(m, tok, settings, base), info
+    return Scorer(m, tok, settings, base, base_model or name), info
 
 
 def write_outputs(out: Path, scores: ModelScores, input_rejects: Sequence[dict[str, Any]], summary: dict[str, Any]) -> None:
