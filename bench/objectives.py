@@ -268,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gen-helpful", type=int, default=20)
     ap.add_argument("--gen-tokens", type=int, default=48)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", type=lambda v: v.split(","), default=None,
+                    help="measure only these models (comma-separated), e.g. to split the work over two processes; "
+                    "no report")
     args = ap.parse_args(argv)
     (args.out / "data").mkdir(parents=True, exist_ok=True)
     if args.pool is None:
@@ -330,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     # 4. judge-free measures and refusal rates, per model
     models = ["base", *arms(args)]
     for m in models:
+        if args.only and m not in args.only:
+            continue
         adapter = [] if m == "base" else ["--adapter", str(out / "finetune" / m)]
         compare = [] if m in ("base", "seal-sft") else ["--compare", str(out / "likelihood" / "seal-sft")]
         st.run(f"likelihood {m}", out / "likelihood" / m / "summary.json", lambda m=m, adapter=adapter, compare=compare: seal(
@@ -345,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
                 "--max-new-tokens", str(args.gen_tokens), "--batch-size", "8", "--out", str(path),
                 log=logs / f"generate-{m}-{kind}.log"))
 
+    if args.only:
+        return 0
     table = report(args, models)
     print()
     print(f"model {args.model}; {args.max_steps} LoRA steps at lr {args.lr}, max_length {args.max_length}; "
