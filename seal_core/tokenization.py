@@ -10,6 +10,7 @@ the shift (token t predicted from positions < t) happens in :func:`per_sample_lo
 
 from __future__ import annotations
 
+import contextlib
 import random
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -225,14 +226,35 @@ def length_grouped_batches(lengths: list[int], batch_size: int, seed: int, shuff
     return batches
 
 
-def scoring_batches(encoded: list, batch_size: int, dist, progress: bool) -> tuple[list[list[int]], bool]:
-    """No-gradient passes: batches of ``batch_size`` times the longest length in tokens (sorted by
-    length), this rank's share of them, and whether this rank shows the progress bar."""
+def scoring_passes(encoded: list, batch_size: int, pad_id: int, device, dist, progress: bool, desc: str):
+    """``(indices, collated batch on device)`` of a no-gradient pass: batches of ``batch_size`` times the
+    longest length in tokens (sorted by length), this rank's share of them, with a progress bar on the
+    main rank."""
+    from tqdm.auto import tqdm
+
     lengths = [e.n_tokens for e in encoded]
     batches = token_budget_batches(lengths, batch_size * max(lengths, default=0))
     if dist is not None and dist.enabled:
-        return batches[dist.rank::dist.world_size], progress and dist.is_main
-    return batches, progress
+        batches, progress = batches[dist.rank::dist.world_size], progress and dist.is_main
+    for idx in tqdm(batches, desc=desc, unit="batch", disable=not progress, dynamic_ncols=True):
+        yield idx, {k: v.to(device) for k, v in collate([encoded[i] for i in idx], pad_id).items()}
+
+
+@contextlib.contextmanager
+def inference(model, what: str):
+    """Eval mode and no gradients for a scoring pass, the model's mode restored after; running out of
+    memory becomes a one-line :class:`SealError` ("out of memory ``what``")."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    except torch.OutOfMemoryError:
+        raise SealError(f"out of memory {what}") from None
+    finally:
+        model.train(was_training)
 
 
 def token_budget_batches(lengths: list[int], max_tokens: int) -> list[list[int]]:
@@ -344,23 +366,12 @@ def score_losses(model, tokenizer, encoded: list, batch_size: int, progress: boo
     """
     import numpy as np
     import torch
-    from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
-    pad_id = pad_token_id(tokenizer)
     out = np.full(len(encoded), np.nan)
-    batches, progress = scoring_batches(encoded, batch_size, dist, progress)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for idx in tqdm(batches, desc=desc, unit="batch", disable=not progress, dynamic_ncols=True):
-                batch = {k: v.to(device) for k, v in collate([encoded[i] for i in idx], pad_id).items()}
-                out[idx] = per_sample_loss(model, batch, logits_budget).float().cpu().numpy()
-    except torch.OutOfMemoryError:
-        raise SealError(f"out of memory scoring with batch size {batch_size}; lower score_batch_size") from None
-    finally:
-        model.train(was_training)
+    with inference(model, f"scoring with batch size {batch_size}; lower score_batch_size"):
+        for idx, batch in scoring_passes(encoded, batch_size, pad_token_id(tokenizer), device, dist, progress, desc):
+            out[idx] = per_sample_loss(model, batch, logits_budget).float().cpu().numpy()
     if dist is not None and dist.enabled:
         # Every sample was scored by exactly one rank: sum the owners' values, zeros elsewhere.
         mine = ~np.isnan(out)
@@ -376,6 +387,6 @@ def score_losses(model, tokenizer, encoded: list, batch_size: int, progress: boo
 
 __all__ = [
     "IGNORE_INDEX", "Encoded", "encode_messages", "encode_samples", "check_encode_options",
-    "length_grouped_batches", "token_budget_batches", "scoring_batches", "pad_token_id", "collate", "DEFAULT_LOGITS_BUDGET",
+    "length_grouped_batches", "token_budget_batches", "scoring_passes", "inference", "pad_token_id", "collate", "DEFAULT_LOGITS_BUDGET",
     "per_sample_loss", "score_losses",
 ]

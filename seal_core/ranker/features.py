@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..errors import SealError
-from ..tokenization import IGNORE_INDEX, _backbone_and_head, collate, pad_token_id, scoring_batches
+from ..tokenization import IGNORE_INDEX, _backbone_and_head, inference, pad_token_id, scoring_passes
 
 Features = dict[int, tuple[np.ndarray, np.ndarray]]
 
@@ -79,9 +79,6 @@ def hidden_features(model, tokenizer, encoded: list, layers: Optional[Sequence[i
     :class:`~seal_core.training.Dist`) each rank computes every ``world_size``-th batch and every
     rank returns the whole arrays.
     """
-    import torch
-    from tqdm.auto import tqdm
-
     if not len(encoded):
         raise SealError("no samples to compute features of")
     if batch_size < 1:
@@ -94,25 +91,15 @@ def hidden_features(model, tokenizer, encoded: list, layers: Optional[Sequence[i
     n = len(encoded)
     resp = {l: np.zeros((n, d), dtype=np.float32) for l in wanted}
     last = {l: np.zeros((n, d), dtype=np.float32) for l in wanted}
-    batches, progress = scoring_batches(encoded, batch_size, dist, progress)
-    distributed = dist is not None and dist.enabled
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for idx in tqdm(batches, desc=desc, unit="batch", disable=not progress, dynamic_ncols=True):
-                batch = {k: v.to(device) for k, v in collate([encoded[i] for i in idx], pad_id).items()}
-                hs = backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                              use_cache=False, output_hidden_states=True).hidden_states
-                for l in wanted:
-                    r, p = _reduce(hs[l], batch["labels"], batch["attention_mask"])
-                    resp[l][idx], last[l][idx] = r.cpu().numpy(), p.cpu().numpy()
-                del hs
-    except torch.OutOfMemoryError:
-        raise SealError(f"out of memory computing features with batch size {batch_size}; lower it") from None
-    finally:
-        model.train(was_training)
-    if distributed:
+    with inference(model, f"computing features with batch size {batch_size}; lower it"):
+        for idx, batch in scoring_passes(encoded, batch_size, pad_id, device, dist, progress, desc):
+            hs = backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                          use_cache=False, output_hidden_states=True).hidden_states
+            for l in wanted:
+                r, p = _reduce(hs[l], batch["labels"], batch["attention_mask"])
+                resp[l][idx], last[l][idx] = r.cpu().numpy(), p.cpu().numpy()
+            del hs
+    if dist is not None and dist.enabled:
         # Every row was filled by exactly one rank, zeros elsewhere: the sum is the whole array.
         for l in wanted:
             resp[l], last[l] = _all_reduce(resp[l], device), _all_reduce(last[l], device)
