@@ -77,10 +77,16 @@ VARIANTS = {
     "seal-hypergradient": ("seal", _HYPER),
     "seal-hypergradient-refusal": ("seal", deep_merge(_HYPER, {"selector": {"safe_gradient": "refusal_vs_helpful"}})),
     "seal-hypergradient-first16": ("seal", deep_merge(_HYPER, {"selector": {"first_tokens": 16}})),
+    "seal-hypergradient+anchors": ("seal", deep_merge(_HYPER, {"selector": {"safe_gradient": "anchors"},
+                                                              "anchors": AUTO})),
+    "seal-hypergradient+anchors-first16": ("seal", deep_merge(_HYPER, {"selector": {"safe_gradient": "anchors",
+                                                                                    "first_tokens": 16},
+                                                                       "anchors": AUTO})),
     "seal-probe": ("seal-probe", {}),
 }
 DEFAULT_METHODS = ("loss,random,dsir,seal,seal-reference,compliance,compliance+anchors,combined,combined+anchors,"
-                   "seal-hypergradient,seal-hypergradient-refusal,seal-hypergradient-first16,seal-probe")
+                   "seal-hypergradient,seal-hypergradient-refusal,seal-hypergradient-first16,seal-hypergradient+anchors,"
+                   "seal-hypergradient+anchors-first16,seal-probe")
 SEEDED_METHODS = {"seal", "seal-penalty", "seal-probe", "random"}
 
 
@@ -279,6 +285,11 @@ def forward_tokens(method: str, cfg: dict, pool: list[int], safe: list[int], anc
     steps = -(-len(pool) // cfg["batch_size"]) * cfg["epochs"]
     safe_per_step = cfg["safe_batch_size"] * float(np.mean(safe))
     per_epoch_pool = p * (2.0 if method == "seal-penalty" else 1.0)
+    sel = cfg.get("selector", {})
+    if sel.get("update") == "hypergradient":
+        # one more backward over the pool (the batched per-sample dots) and the reference batches
+        per_epoch_pool += p
+        safe_per_step *= 2.0 if sel.get("safe_gradient", "whole") == "whole" else 3.0
     return 3.0 * (cfg["epochs"] * per_epoch_pool + steps * safe_per_step) + p
 
 

@@ -145,6 +145,7 @@ def run_sft(cfg, model, tok, pool_enc, safe_enc, args) -> dict:
 
 
 def run_bilevel(cfg, model, tok, pool_enc, safe_enc, args) -> dict:
+    from seal_core.ranker.hypergrad import HypergradientSignal, load_anchors
     from seal_core.ranker.seal import SealLoopState, _Data, _Learners, bilevel_step
     from seal_core.tokenization import pad_token_id
     from seal_core.training import Dist
@@ -154,9 +155,11 @@ def run_bilevel(cfg, model, tok, pool_enc, safe_enc, args) -> dict:
     flops_model = model
     data = _Data(cfg, pool_enc, safe_enc, pad_token_id(tok), device, Dist())
     learners = _Learners(cfg, model, len(pool_enc), device)
+    hyper = (HypergradientSignal(cfg, tok, safe_enc, load_anchors(cfg, tok))
+             if cfg.selector.update == "hypergradient" else None)
     state = SealLoopState()
     gamma = cfg.gamma(1)
-    secs = _time_steps(lambda k: bilevel_step(learners, data, state, idx, gamma), args.steps, device)
+    secs = _time_steps(lambda k: bilevel_step(learners, data, state, idx, gamma, hyper), args.steps, device)
     items = [[pool_enc[i] for i in idx] + [safe_enc[j] for j in s] for s in safe_batches[1:]]
     return {**_step_record(secs, items, flops_model), "gamma": gamma}
 
@@ -183,7 +186,25 @@ def run_score(cfg, model, tok, pool_enc, safe_enc, args) -> dict:
             "flops": sum(forward_flops(model, [e], e.n_target_tokens) for e in enc)}
 
 
-PHASES = {"sft": run_sft, "bilevel": run_bilevel, "score": run_score}
+def run_hypergradient(cfg, model, tok, pool_enc, safe_enc, args) -> dict:
+    """A bilevel step with selector.update=hypergradient: per-sample dots from one batched backward."""
+    from dataclasses import replace
+
+    return run_bilevel(replace(cfg, selector=replace(cfg.selector, update="hypergradient")), model, tok, pool_enc,
+                       safe_enc, args)
+
+
+def run_hypergradient_per_sample(cfg, model, tok, pool_enc, safe_enc, args) -> dict:
+    """The same step through the fallback path (one backward per sample), to show what batching saves."""
+    from seal_core.ranker import hypergrad
+
+    hypergrad.row_alignments = lambda *a, **k: None
+    return run_hypergradient(cfg, model, tok, pool_enc, safe_enc, args)
+
+
+PHASES = {"sft": run_sft, "bilevel": run_bilevel, "score": run_score, "hypergrad": run_hypergradient,
+          "hypergrad-1by1": run_hypergradient_per_sample}
+DEFAULT_PHASES = ("sft", "bilevel", "score")
 
 
 def child(args) -> None:
@@ -304,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budgets", default="", help="also time the sft step at these logits budgets (0: unchunked)")
     ap.add_argument("--peak-tflops", type=float, default=0.0, help="device peak for MFU (default: from its name)")
     ap.add_argument("--no-rank", action="store_true", help="skip the seal rank RSS run")
+    ap.add_argument("--hypergradient", action="store_true",
+                    help="also time a selector.update=hypergradient step, batched and one backward per sample")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="RankConfig override for every phase and the seal rank run, e.g. micro_batch_size=4")
     ap.add_argument("--child", choices=sorted(PHASES), help=argparse.SUPPRESS)
@@ -319,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.steps} timed steps per phase, {os.cpu_count()} CPUs"
           + (f", --set {' '.join(args.overrides)}" if args.overrides else ""), flush=True)
     for device in devices:
-        results = {phase: run_child(args, phase, device, args.budget) for phase in PHASES}
+        phases = DEFAULT_PHASES + (("hypergrad", "hypergrad-1by1") if args.hypergradient else ())
+        results = {phase: run_child(args, phase, device, args.budget) for phase in phases}
         for b in parse_budgets(args.budgets):
             results[f"sft budget={_fmt_budget(b)}"] = run_child(args, "sft", device, b)
         print_table(device, results, args)

@@ -9,6 +9,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from seal_core.errors import SealError
+
 from seal_core.ranker.combined import normalised_ranks, rank_average
 from seal_core.ranker.compliance import (build_anchors, compliance_fit, fit_layer, ledoit_wolf_shrinkage, loo_scores,
                                          project, whitener)
@@ -106,6 +108,19 @@ def test_the_chosen_layer_depends_on_the_anchors_not_on_pool_order():
     assert chosen2.layer == 1
     assert [f.loo_auroc for f in fits2] == pytest.approx([f.loo_auroc for f in fits])
     np.testing.assert_allclose(chosen2.scores, chosen.scores[perm], atol=1e-9)
+
+
+def test_anchors_with_the_same_mean_at_every_layer_are_refused_and_such_a_layer_never_chosen():
+    rng = np.random.default_rng(5)
+    pool = {l: _features(rng, 20, 0.0) for l in range(2)}
+    same = {l: _features(rng, 6, 1.0) for l in range(2)}
+    with pytest.raises(SealError, match="same mean features at every layer"):
+        compliance_fit(pool, same, same, None, 1.0)
+    # Layer 0 has no direction (its anchors coincide); layer 1 has one, so it is chosen.
+    comp = {0: same[0], 1: _features(rng, 6, 3.0)}
+    ref = {0: same[0], 1: _features(rng, 6, -3.0)}
+    chosen, fits = compliance_fit(pool, comp, ref, None, 1.0)
+    assert chosen.layer == 1 and not np.any(fits[0].scores) and np.any(chosen.scores)
 
 
 def test_rank_average_averages_ties_and_weights():

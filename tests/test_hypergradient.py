@@ -150,6 +150,33 @@ def test_first_tokens_gradient_equals_a_manual_loss_over_the_first_k_tokens():
     assert not all(torch.allclose(a, b) for a, b in zip(got, whole))
 
 
+def test_batched_alignments_equal_one_backward_per_sample_and_fall_back_when_they_cannot():
+    from seal_core.ranker.hypergrad import alignments, row_alignments
+    from seal_core.tokenization import per_sample_loss
+
+    model, tok, params = _lora_model()
+    # Lengths differ, so the batch is padded: a padded row must give its own sample's dot.
+    enc = _encode(tok, [("Which colour is the sky?", "Blue."),
+                        ("Tell me about the sea.", "The sea is wide and deep and salty, and it covers most of the earth."),
+                        ("Name a fruit.", "A berry, small and red, sweet in summer."),
+                        ("What is ink?", "Ink is a coloured liquid for writing.")])
+    data = _Batches(enc, pad_token_id(tok))
+    g = torch.Generator().manual_seed(3)
+    direction = [torch.randn(p.shape, generator=g) for p in params]
+    loss = lambda: per_sample_loss(model, data.tensors(enc, [0, 1, 2, 3]))  # noqa: E731
+    got = row_alignments(model, params, direction, loss)
+    want = alignments(params, direction, [lambda i=i: per_sample_loss(model, data.tensors(enc, [i]))[0]
+                                          for i in range(4)])
+    assert got is not None and got.shape == (4,) and all(p.grad is None for p in params)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    assert want.abs().min() > 0  # a zero dot would match anything
+    # A trainable parameter that is not a bias-free linear weight: no batched shortcut, the caller falls back.
+    extra = torch.nn.Parameter(torch.zeros(3))
+    assert row_alignments(model, [*params, extra], [*direction, torch.zeros(3)], loss) is None
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert row_alignments(model, params, direction, loss) is None
+
+
 def test_refusal_split_uses_the_detector_on_the_decoded_answers():
     answers = ["The sea is blue.", REFUSAL, "As an AI language model, I cannot provide instructions for that.",
                "I'm sorry to hear that; here is how to fix it: restart the router.", "Sure: mix flour and water."]

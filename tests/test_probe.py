@@ -69,6 +69,7 @@ def test_probe_moves_and_base_model_is_frozen(run_dir):
     assert meta["layer"] == 1 and meta["in_dim"] == 128 and meta["hidden"] == 0  # 2 layers: middle = 1
     assert (meta["model"], meta["max_length"], meta["train_on"], meta["truncation"]) == (
         "tiny-random", 64, "final", "keep_prompt")
+    assert meta["dtype"] == "float32"  # what the features were computed in on CPU, not "auto"
     with safe_open(str(run_dir / "selector.safetensors"), framework="pt") as fh:
         w = fh.get_tensor("net.out.weight")
     assert w.abs().max() > 0  # starts at exactly zero

@@ -156,7 +156,14 @@ def compliance_fit(pool_feats: Mapping, comp_feats: Mapping, ref_feats: Mapping,
     if len(next(iter(comp_feats.values()))[0]) < 2 or len(next(iter(ref_feats.values()))[0]) < 2:
         raise SealError("the compliance direction needs at least 2 compliant and 2 refusal anchors")
     fits = [fit_layer(l, pool_feats[l], comp_feats[l], ref_feats[l], shrinkage, prompt_weight) for l in pool_feats]
-    return choose_layer(fits), fits
+    # A layer where the compliant and refusal anchors' means coincide has no direction (every score 0):
+    # choosing it would hand back an arbitrary order that looks like a ranking.
+    usable = [f for f in fits if np.any(f.scores)]
+    if not usable:
+        raise SealError(f"the compliant and refusal anchors give the same mean features at every layer "
+                        f"({', '.join(str(l) for l in pool_feats)}): no compliance direction; use anchors that "
+                        f"differ (--anchors FILE of compliant answers)")
+    return choose_layer(usable), fits
 
 
 # ----------------------------------------------------------------------------- anchors

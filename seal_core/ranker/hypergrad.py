@@ -7,9 +7,14 @@ upper objective ``U(theta')`` (the safe-set loss, or a signed sum of reference-s
                     = -(eta/B) * <grad U(theta), grad l_i(theta)> + O(eta^2),
 
 the first-order form used here (the gradient of ``U`` is taken once per step, at ``theta_t``). Both
-gradients are over the trainable (LoRA) parameters only. Per-sample gradients come from one
-backward per sample (a micro-batch of 1): each is dotted with the reference gradient as soon as it
-exists and then dropped, so only the dot products are kept.
+gradients are over the trainable (LoRA) parameters only. When every trainable parameter is the
+weight of a bias-free ``nn.Linear`` (LoRA's ``A`` and ``B``), the dots of a whole micro-batch come
+from one batched backward (:func:`row_alignments`): a linear layer's per-sample gradient is
+``sum_t g_t a_t^T`` (output gradient times input, over the sample's positions), so
+``<G, grad l_b> = sum_t g_t . (G a_t)``, read off hooks as the backward passes, and no per-sample
+gradient is ever built. Otherwise (gradient checkpointing, which replays forwards; other
+parameters) each sample gets its own backward (:func:`alignments`). Either way only the dot
+products are kept.
 
 The functions take parameters and loss closures, not a data pipeline, so they run unchanged on a
 toy module (tests/test_hypergradient.py checks them against finite differences of the unrolled
@@ -70,6 +75,60 @@ def alignments(params: Sequence[torch.nn.Parameter], direction: Sequence[torch.T
     if not dots:
         return torch.zeros(0, dtype=direction[0].dtype, device=direction[0].device)
     return torch.stack(dots)
+
+
+def row_alignments(model: torch.nn.Module, params: Sequence[torch.nn.Parameter], direction: Sequence[torch.Tensor],
+                   loss: Callable[[], torch.Tensor]) -> Optional[torch.Tensor]:
+    """``<direction, grad loss()[b]>`` for each row ``b`` of one batched loss, from one backward.
+
+    ``loss`` returns per-row losses ``[B]`` in which row ``b`` depends on row ``b``'s activations
+    only (a transformer over a padded batch). Each parameter must be the weight of a bias-free
+    ``nn.Linear`` that runs once per forward; for anything else this returns ``None`` and the caller
+    falls back to :func:`alignments`. No parameter's ``.grad`` is touched.
+    """
+    replays = getattr(model, "is_activation_checkpointing", None)  # transformers 5; the older name is deprecated
+    if replays is None:
+        replays = getattr(model, "is_gradient_checkpointing", False)
+    if replays:
+        return None  # the recomputed forward would fire the hooks a second time
+    want = {id(p): v for p, v in zip(params, direction)}
+    layers = [(m, want[id(m.weight)]) for m in model.modules()
+              if isinstance(m, torch.nn.Linear) and id(m.weight) in want and m.bias is None]
+    if len(layers) != len(want):
+        return None
+    acc: dict = {"dots": None, "calls": 0, "ok": True}
+
+    def on_forward(v: torch.Tensor):
+        def hook(module, inputs, output):
+            if not output.requires_grad:
+                return
+            acc["calls"] += 1
+            a = inputs[0].detach()
+
+            def on_grad(g: torch.Tensor) -> None:
+                if g.shape[0] != a.shape[0] or g.dim() < 2:
+                    acc["ok"] = False
+                    return
+                # sum_t g_t . (G a_t) per row, in float32 or wider: bf16 dots lose most of their digits
+                ga = a.to(v.dtype).reshape(a.shape[0], -1, a.shape[-1]) @ v.T
+                d = (g.to(v.dtype).reshape(g.shape[0], -1, g.shape[-1]) * ga).sum(dim=(1, 2))
+                acc["dots"] = d if acc["dots"] is None else acc["dots"] + d
+
+            output.register_hook(on_grad)
+        return hook
+
+    handles = [m.register_forward_hook(on_forward(v)) for m, v in layers]
+    try:
+        losses = loss()
+        torch.autograd.grad(losses.sum(), list(params), allow_unused=True)
+    finally:
+        for h in handles:
+            h.remove()
+    if not acc["ok"] or acc["calls"] != len(layers):
+        return None  # a layer ran twice (weight tying, a replayed forward) or not at all: not this shape
+    if acc["dots"] is None:
+        return torch.zeros(losses.shape[0], dtype=direction[0].dtype, device=direction[0].device)
+    return acc["dots"]
 
 
 def hypergradient(params: Sequence[torch.nn.Parameter], direction: Sequence[torch.Tensor],
@@ -223,11 +282,19 @@ class HypergradientSignal:
 
     def __call__(self, model, params, data, cursors: dict, idx: list[int], s_idx: list[int]) -> torch.Tensor:
         v = self.direction(model, params, data, cursors, s_idx)
-        closures = [lambda i=i: self._loss(model, data, data.pool, [i])[0] for i in data.dist.share(idx)]
-        local = hypergradient(params, v, closures, self.cfg.model_lr, len(idx))
+        from ..training import micro_batches
+
+        parts = []
+        for mb in micro_batches(data.dist.share(idx), self.cfg.micro_batch_size):
+            dots = row_alignments(model, params, v, lambda mb=mb: self._loss(model, data, data.pool, mb))
+            if dots is None:
+                dots = alignments(params, v, [lambda i=i: self._loss(model, data, data.pool, [i])[0] for i in mb])
+            parts.append(dots)
+        dots = torch.cat(parts) if parts else torch.zeros(0, dtype=v[0].dtype, device=v[0].device)
+        local = -(self.cfg.model_lr / len(idx)) * dots
         return data.dist.gather(local.float(), len(idx))
 
 
-__all__ = ["reference_gradient", "alignments", "hypergradient", "first_target_labels", "split_by_refusal",
+__all__ = ["reference_gradient", "alignments", "row_alignments", "hypergradient", "first_target_labels", "split_by_refusal",
            "ReferencePart", "reference_parts", "next_reference_batch", "answer_text", "load_anchors",
            "HypergradientSignal"]

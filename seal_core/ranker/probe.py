@@ -153,11 +153,13 @@ def probe_selector(cfg: RankConfig, model, tokenizer, pool_enc: list, dist=None)
     return ProbeSelector(probe_inputs(resp, last), cfg, layer, next(model.parameters()).device)
 
 
-def export_selector(run_dir: Path, cfg: RankConfig, model_id: str) -> Path:
+def export_selector(run_dir: Path, cfg: RankConfig, model_id: str, dtype: str = "") -> Path:
     """Write ``run_dir/selector.safetensors`` and ``selector.json`` from the run's final checkpoint.
 
     The training loop always checkpoints its last step (epoch end or ``max_steps``), so the
-    checkpoint's selector is the trained one, whether the run was resumed or not.
+    checkpoint's selector is the trained one, whether the run was resumed or not. ``dtype`` is the
+    one the features were computed in (``auto`` resolved): ``seal score`` on another machine must
+    compute them the same way, or the standardised features drift from the trained ones.
     """
     from safetensors.torch import save_file
 
@@ -174,7 +176,7 @@ def export_selector(run_dir: Path, cfg: RankConfig, model_id: str) -> Path:
     write_json(run_dir / SELECTOR_META, {
         "format": SELECTOR_FORMAT, "layer": p["layer"], "hidden": p["hidden"], "in_dim": in_dim,
         "features": ["resp_mean", "last_prompt"], "feature_dim": in_dim // 2, "weighting": cfg.selector.weighting,
-        "model": cfg.model, "model_id": model_id, "seed": cfg.seed, "dtype": cfg.dtype, "max_length": cfg.max_length,
+        "model": cfg.model, "model_id": model_id, "seed": cfg.seed, "dtype": dtype or cfg.dtype, "max_length": cfg.max_length,
         "train_on": cfg.train_on, "truncation": cfg.truncation, "steps": checkpoint["step"],
     })
     return run_dir / SELECTOR_WEIGHTS

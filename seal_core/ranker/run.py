@@ -112,7 +112,8 @@ def _rank(cfg: RankConfig, out: Path, resume: bool, on_progress: Optional[Progre
             if cfg.method == "seal-probe" and dist.is_main:
                 from .probe import export_selector
 
-                export_selector(out, cfg, meta["model_id"])
+                feature_dtype = str(state.model.get_input_embeddings().weight.dtype).replace("torch.", "")
+                export_selector(out, cfg, meta["model_id"], feature_dtype)
     if not dist.is_main:
         return out / "scores.parquet"
     if dropped:

@@ -120,8 +120,10 @@ class HypergradientUpdate(CenteredUpdate):
 
     def observe(self, w: torch.Tensor, d: torch.Tensor) -> None:
         super().observe(w, d)
-        wd = w.detach()
-        batch_ms = ((wd * (d - self.center) ** 2).sum() / wd.sum()).item()
+        # float64: d is eta/B times gradient products (1e-8 and below for a 7B model at lr 1e-5), and
+        # its square would leave float32's normal range
+        wd, dd = w.detach().double(), d.detach().double()
+        batch_ms = ((wd * (dd - self.center) ** 2).sum() / wd.sum()).item()
         m = self.cfg.center_momentum
         self.mean_square = batch_ms if self.mean_square is None else m * self.mean_square + (1.0 - m) * batch_ms
 
