@@ -12,7 +12,7 @@ import pytest
 from seal_core.errors import SealError
 
 from seal_core.ranker.combined import normalised_ranks, rank_average
-from seal_core.ranker.compliance import (build_anchors, compliance_fit, fit_layer, ledoit_wolf_shrinkage, loo_scores,
+from seal_core.ranker.compliance import (build_anchors, compliance_fit, fit_layer, fit_subset, ledoit_wolf_shrinkage, loo_scores,
                                          project, whitener)
 from seal_core.ranker.scores import read_scores_metadata
 from seal_core.schema import compute_sample_id
@@ -210,3 +210,38 @@ def test_combined_rank_averages_compliance_and_loss(compliance_data, tmp_path):
     t0, _ = _cli(compliance_data, tmp_path / "m0", "--method", "combined", "--set", "combined.compliance_weight=0")
     t0 = t0.set_index("sample_id")
     np.testing.assert_allclose(t0["score"], normalised_ranks(-t0["loss"].to_numpy()))
+
+
+def test_fit_subset_is_a_hash_of_the_id_not_the_order():
+    ids = [f"id{i}" for i in range(20)]
+    sub = fit_subset(ids, 7)
+    assert len(sub) == 7 and list(sub) == sorted(sub)
+    rev = fit_subset(ids[::-1], 7)
+    assert {ids[i] for i in sub} == {ids[::-1][i] for i in rev}
+    assert fit_subset(ids, 20) is None and fit_subset(ids, 0) is None
+
+
+def test_a_pool_larger_than_fit_rows_is_scored_by_the_subset_fit(compliance_data, tmp_path):
+    from seal_core.ingest import load_samples
+    from seal_core.models import load_model
+    from seal_core.ranker.features import hidden_features
+    from seal_core.tokenization import encode_samples
+
+    t, meta = _cli(compliance_data, tmp_path / "s", "--method", "compliance", "--anchors", compliance_data["anchors"],
+                   "--set", "compliance.fit_rows=9")
+    assert meta["compliance"]["fit_rows"] == 9 and len(t) == compliance_data["n"] and np.isfinite(t["score"]).all()
+    # The fit rows' scores from the streamed pass equal the fit's own scores of those rows.
+    model, tok = load_model("tiny-random", seed=0)
+    rows = sorted(load_samples(compliance_data["pool"]), key=lambda s: s["sample_id"])
+    enc, _ = encode_samples(tok, rows, 64, "final", "keep_prompt")
+    sub = fit_subset([e.sample_id for e in enc], 9)
+    fit_enc = [enc[i] for i in sub]
+    a = build_anchors(load_samples(compliance_data["safe"]), load_samples(compliance_data["anchors"]), [rows])
+    feats = [hidden_features(model, tok, e, None, 16) for e in
+             (fit_enc, *(encode_samples(tok, x, 64, "final", "keep_prompt")[0] for x in (a.compliant, a.refusal)))]
+    chosen, _ = compliance_fit(*feats, None, 1.0)
+    assert chosen.layer == meta["compliance"]["layer"]
+    got = t.set_index("sample_id").loc[[e.sample_id for e in fit_enc], "score"].to_numpy()
+    np.testing.assert_allclose(got, chosen.scores, rtol=1e-5, atol=1e-6)
+    full, _ = _cli(compliance_data, tmp_path / "f", "--method", "compliance", "--anchors", compliance_data["anchors"])
+    assert not np.allclose(full.set_index("sample_id").loc[t["sample_id"], "score"], t["score"])

@@ -126,6 +126,9 @@ class LayerFit:
     separation: float
     shrinkage: float
     scores: np.ndarray
+    # (u, mu_resp, mu_prompt): score(x) = -<u, resp - mu_resp> + prompt_weight * <u, prompt - mu_prompt>
+    # with u = W v (W symmetric), so rows outside the fit are scored from three d-vectors.
+    projector: tuple = ()
 
 
 def fit_layer(layer: int, pool: tuple[np.ndarray, np.ndarray], comp: tuple[np.ndarray, np.ndarray],
@@ -142,7 +145,27 @@ def fit_layer(layer: int, pool: tuple[np.ndarray, np.ndarray], comp: tuple[np.nd
     sc, sr = loo_scores(comp_w, ref_w, prompt_weight)
     loo = auroc(np.concatenate([sr, sc]), np.r_[np.ones(len(sr), bool), np.zeros(len(sc), bool)])
     v = compliance_direction(comp_w[0], ref_w[0])
-    return LayerFit(layer, loo, separation(sc, sr), alpha, project(v, *pool_w, prompt_weight))
+    return LayerFit(layer, loo, separation(sc, sr), alpha, project(v, *pool_w, prompt_weight), (w @ v, mu_r, mu_p))
+
+
+def apply_projector(projector: tuple, resp: np.ndarray, prompt: np.ndarray, prompt_weight: float) -> np.ndarray:
+    """A fitted layer's score of raw (unwhitened) feature rows: :func:`project` after the fit's whitening."""
+    u, mu_r, mu_p = projector
+    return -((resp - mu_r) @ u) + prompt_weight * ((prompt - mu_p) @ u)
+
+
+def fit_subset(sample_ids: Sequence[str], n: int) -> Optional[np.ndarray]:
+    """Positions of the ``n`` rows whose sha256(sample_id) is smallest, sorted; ``None`` if all rows fit.
+
+    A hash of the id, not the row order or a label, so the same pool in any order fits the same
+    statistics, and a row's presence in the fit says nothing about it.
+    """
+    import hashlib
+
+    if n <= 0 or len(sample_ids) <= n:
+        return None
+    keys = [hashlib.sha256(str(i).encode("utf-8")).digest() for i in sample_ids]
+    return np.sort(np.asarray(sorted(range(len(keys)), key=keys.__getitem__)[:n], dtype=np.int64))
 
 
 def choose_layer(fits: Sequence[LayerFit]) -> LayerFit:
@@ -247,28 +270,41 @@ def _encode_anchors(cfg, tokenizer, anchors: Anchors) -> tuple[list, list]:
 def compliance_scores(cfg, model, tokenizer, pool, encoded, dist=None) -> tuple[np.ndarray, dict]:
     """Scores of the ``encoded`` pool rows (same order) and what was fitted (layer, anchors, per-layer AUROC)."""
     from ..ingest import load_required_samples
-    from .features import hidden_features
+    from .features import hidden_features, projected_features
 
     safe = load_required_samples(cfg.safe, "safe set")
     user = load_required_samples(cfg.anchors, "anchors") if cfg.anchors else None
     anchors = build_anchors(safe, user, pool.shards())
     enc_c, enc_r = _encode_anchors(cfg, tokenizer, anchors)
     layers = list(cfg.compliance.layers) or None
+    pw = cfg.compliance.prompt_weight
 
     def feats(enc, desc):
         return hidden_features(model, tokenizer, enc, layers, cfg.score_batch_size, cfg.progress, desc=desc, dist=dist)
 
-    chosen, fits = compliance_fit(feats(encoded, "pool features"), feats(enc_c, "compliant anchors"),
-                                  feats(enc_r, "refusal anchors"), cfg.compliance.shrinkage,
-                                  cfg.compliance.prompt_weight)
+    # Every candidate layer's features are held for the fit, so a large pool fits on a subset
+    # (compliance.fit_rows) and is then scored at the chosen layer alone, a batch at a time.
+    ids = encoded.sample_ids.to_pylist() if hasattr(encoded, "sample_ids") else [e.sample_id for e in encoded]
+    sub = fit_subset(ids, cfg.compliance.fit_rows)
+    fit_enc = encoded if sub is None else (encoded.take(sub) if hasattr(encoded, "take") else
+                                           [encoded[i] for i in sub])
+    chosen, fits = compliance_fit(feats(fit_enc, "pool features" if sub is None else "pool features (fit rows)"),
+                                  feats(enc_c, "compliant anchors"), feats(enc_r, "refusal anchors"),
+                                  cfg.compliance.shrinkage, pw)
+    scores = chosen.scores
+    if sub is not None:
+        scores = projected_features(model, tokenizer, encoded, chosen.layer,
+                                    lambda r, p: apply_projector(chosen.projector, r, p, pw),
+                                    cfg.score_batch_size, cfg.progress, desc="compliance scores", dist=dist)
     info = {"layer": chosen.layer, "loo_auroc": round(chosen.loo_auroc, 4),
+            "fit_rows": len(ids) if sub is None else len(sub),
             "anchors": {**anchors.summary(), "compliant_encoded": len(enc_c), "refusal_encoded": len(enc_r)},
             "loo_auroc_by_layer": {str(f.layer): round(f.loo_auroc, 4) for f in fits},
             "separation_by_layer": {str(f.layer): round(f.separation, 4) for f in fits},
             "shrinkage_by_layer": {str(f.layer): round(f.shrinkage, 4) for f in fits}}
-    return chosen.scores, info
+    return scores, info
 
 
-__all__ = ["Anchors", "LayerFit", "build_anchors", "choose_layer", "compliance_direction", "compliance_fit",
-           "compliance_scores", "drop_pool_rows", "fit_layer", "ledoit_wolf_shrinkage", "loo_scores", "project",
+__all__ = ["Anchors", "LayerFit", "apply_projector", "build_anchors", "choose_layer", "compliance_direction", "compliance_fit",
+           "compliance_scores", "drop_pool_rows", "fit_layer", "fit_subset", "ledoit_wolf_shrinkage", "loo_scores", "project",
            "split_refusals", "text_key", "whitener"]

@@ -127,6 +127,13 @@ class ComplianceConfig:
         metadata={"help": "Weight of the prompt term <v, h_last_prompt> (how readily the model would comply "
                   "with the request itself); 0: the answer term alone."},
     )
+    fit_rows: int = field(
+        default=4096,
+        metadata={"help": "Pool rows (the smallest sha256 of sample_id) whose features at every candidate layer "
+                  "fit the whitening and choose the layer; the whole pool is then scored at that layer, a batch "
+                  "at a time. Holding every layer's features costs rows x layers x 2 x hidden_size x 4 bytes "
+                  "(4096 rows of an 8B model: 4.4 GB). 0: fit on every row."},
+    )
 
     def __post_init__(self):
         if any(l < 0 for l in self.layers):
@@ -135,6 +142,8 @@ class ComplianceConfig:
             raise ConfigError(f"compliance.shrinkage must be in (0, 1], got {self.shrinkage}")
         if self.prompt_weight < 0:
             raise ConfigError(f"compliance.prompt_weight must be >= 0, got {self.prompt_weight}")
+        if self.fit_rows < 0 or self.fit_rows == 1:
+            raise ConfigError(f"compliance.fit_rows must be 0 (every row) or >= 2, got {self.fit_rows}")
 
 
 @dataclass

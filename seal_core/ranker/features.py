@@ -8,12 +8,13 @@ embedding output, ``num_layers`` the final, normed layer) a sample gets two vect
   answer token, i.e. the state from which the model starts to answer.
 
 Batches are grouped by length under a token budget as :func:`~seal_core.tokenization.score_losses`
-does; each batch's hidden states are reduced to these per-sample vectors before the next runs.
+does; each batch's hidden states are reduced to these per-sample vectors before the next runs
+(and, with :func:`projected_features`, further to one number per sample).
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -70,6 +71,26 @@ def _all_reduce(arr: np.ndarray, device) -> np.ndarray:
     return t.cpu().numpy()
 
 
+def _feature_batches(model, tokenizer, encoded, wanted: list[int], batch_size: int, progress: bool, desc: str, dist):
+    """``(indices, {layer: (resp_mean, last_prompt)})`` per batch of a no-gradient pass (float32 NumPy)."""
+    if not len(encoded):
+        raise SealError("no samples to compute features of")
+    if batch_size < 1:
+        raise SealError(f"batch_size must be positive, got {batch_size}")
+    _, backbone, head = _backbone_and_head(model)
+    device = next(head.parameters()).device
+    with inference(model, f"computing features with batch size {batch_size}; lower it"):
+        for idx, batch in scoring_passes(encoded, batch_size, pad_token_id(tokenizer), device, dist, progress, desc):
+            hs = backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                          use_cache=False, output_hidden_states=True).hidden_states
+            out = {}
+            for l in wanted:
+                r, p = _reduce(hs[l], batch["labels"], batch["attention_mask"])
+                out[l] = (r.cpu().numpy(), p.cpu().numpy())
+            del hs
+            yield idx, out
+
+
 def hidden_features(model, tokenizer, encoded: list, layers: Optional[Sequence[int]], batch_size: int,
                     progress: bool = False, desc: str = "features", dist=None) -> Features:
     """``{layer: (resp_mean [N, d], last_prompt [N, d])}`` float32, rows in the order of ``encoded``.
@@ -79,26 +100,15 @@ def hidden_features(model, tokenizer, encoded: list, layers: Optional[Sequence[i
     :class:`~seal_core.training.Dist`) each rank computes every ``world_size``-th batch and every
     rank returns the whole arrays.
     """
-    if not len(encoded):
-        raise SealError("no samples to compute features of")
-    if batch_size < 1:
-        raise SealError(f"batch_size must be positive, got {batch_size}")
     wanted = resolve_layers(model, layers)
-    m, backbone, head = _backbone_and_head(model)
+    m, _, head = _backbone_and_head(model)
     device = next(head.parameters()).device
-    d = int(m.config.hidden_size)
-    pad_id = pad_token_id(tokenizer)
-    n = len(encoded)
+    d, n = int(m.config.hidden_size), len(encoded)
     resp = {l: np.zeros((n, d), dtype=np.float32) for l in wanted}
     last = {l: np.zeros((n, d), dtype=np.float32) for l in wanted}
-    with inference(model, f"computing features with batch size {batch_size}; lower it"):
-        for idx, batch in scoring_passes(encoded, batch_size, pad_id, device, dist, progress, desc):
-            hs = backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                          use_cache=False, output_hidden_states=True).hidden_states
-            for l in wanted:
-                r, p = _reduce(hs[l], batch["labels"], batch["attention_mask"])
-                resp[l][idx], last[l][idx] = r.cpu().numpy(), p.cpu().numpy()
-            del hs
+    for idx, feats in _feature_batches(model, tokenizer, encoded, wanted, batch_size, progress, desc, dist):
+        for l, (r, p) in feats.items():
+            resp[l][idx], last[l][idx] = r, p
     if dist is not None and dist.enabled:
         # Every row was filled by exactly one rank, zeros elsewhere: the sum is the whole array.
         for l in wanted:
@@ -106,4 +116,22 @@ def hidden_features(model, tokenizer, encoded: list, layers: Optional[Sequence[i
     return {l: (resp[l], last[l]) for l in wanted}
 
 
-__all__ = ["Features", "hidden_features", "num_hidden_layers", "resolve_layers"]
+def projected_features(model, tokenizer, encoded, layer: int,
+                       fn: Callable[[np.ndarray, np.ndarray], np.ndarray], batch_size: int,
+                       progress: bool = False, desc: str = "features", dist=None) -> np.ndarray:
+    """``fn(resp_mean, last_prompt)`` (one value per row) at ``layer`` for every sample, float64 ``[N]``.
+
+    The features of a batch are reduced by ``fn`` before the next batch runs, so memory stays
+    ``O(batch)`` however many samples there are (``hidden_features`` holds ``N x d`` per layer).
+    """
+    (wanted,) = resolve_layers(model, [layer])
+    _, _, head = _backbone_and_head(model)
+    out = np.zeros(len(encoded), dtype=np.float64)
+    for idx, feats in _feature_batches(model, tokenizer, encoded, [wanted], batch_size, progress, desc, dist):
+        out[idx] = fn(*feats[wanted])
+    if dist is not None and dist.enabled:
+        out = _all_reduce(out, next(head.parameters()).device)
+    return out
+
+
+__all__ = ["Features", "hidden_features", "num_hidden_layers", "projected_features", "resolve_layers"]
