@@ -20,7 +20,7 @@ import os
 import sys
 
 # Order is the order shown in --help: the pipeline's order.
-COMMANDS = ["ingest", "rank", "score", "select", "inspect", "finetune", "generate", "evaluate", "likelihood", "run", "demo"]
+COMMANDS = ["ingest", "rank", "score", "combine", "select", "inspect", "finetune", "generate", "evaluate", "likelihood", "run", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,7 +26,7 @@ from ..training import Dist, device_for
 from ..training.launch import run_training_stage
 from .config import RankConfig
 from .pool import open_pool
-from .scores import write_scores
+from .scores import softmax_weights, write_scores
 from .seal import train_seal
 
 
@@ -121,10 +121,8 @@ def _rank(cfg: RankConfig, out: Path, resume: bool, on_progress: Optional[Progre
             [{"sample_id": d["sample_id"], "reason": d["reason"]} for d in dropped]))
     if weights is None:
         # Baselines have no learnt weights; the softmax of the score gives the same ordering on the
-        # same N*softmax scale as SEAL's weights (NaN scores get weight 0).
-        s = np.where(np.isnan(scores), -np.inf, scores)
-        e = np.exp(s - np.max(s[np.isfinite(s)])) if np.isfinite(s).any() else np.zeros_like(s)
-        weights = len(ids) * e / e.sum() if e.sum() > 0 else np.full(len(ids), np.nan)
+        # same N*softmax scale as SEAL's weights.
+        weights = softmax_weights(scores)
     meta["dropped"] = len(dropped)
     meta["wall_seconds"] = round(time.time() - t0, 2)
     return write_scores(out / "scores.parquet", ids, scores, weights, losses, meta)

@@ -70,6 +70,16 @@ def build_scores_table(
     )
 
 
+def softmax_weights(scores: Sequence[float]) -> np.ndarray:
+    """``N * softmax(score)``: a weight for methods that learn none, on SEAL's scale (NaN scores get 0)."""
+    s = np.asarray(scores, dtype=np.float64)
+    s = np.where(np.isnan(s), -np.inf, s)
+    if not np.isfinite(s).any():
+        return np.full(len(s), np.nan)
+    e = np.exp(s - np.max(s[np.isfinite(s)]))
+    return len(s) * e / e.sum()
+
+
 def write_scores(
     path: str | Path,
     sample_ids: Sequence[str],
