@@ -177,9 +177,20 @@ print(f"VmHWM_KB={hwm}", file=sys.stderr)
 """
 
 
-def _same_run(a: dict, b: dict) -> bool:
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _same_run(done: dict, cfg: dict) -> bool:
+    """Whether a recorded run used ``cfg``; a key added to RankConfig since then counts as the same run
+    when ``cfg`` holds its default (the setting did not exist, so the run had the default's behaviour)."""
+    defaults = _flat(to_dict(RankConfig()))
     # The combined pool lives in a fresh temporary folder each run; sample ids are content digests.
-    return {k: v for k, v in a.items() if k != "pool"} == {k: v for k, v in b.items() if k != "pool"}
+    a, b = ({k: v for k, v in _flat(x).items() if k != "pool"} for x in (done, cfg))
+    return all(a.get(k, defaults.get(k)) == v for k, v in b.items()) and set(a) <= set(b)
 
 
 def run_child(cfg: dict) -> dict:
@@ -213,6 +224,32 @@ def _run_child(cfg: dict) -> dict:
     if proc.returncode or not hwm:
         return {"error": f"exit {proc.returncode}: {(proc.stderr.strip().splitlines() or [''])[-1]}"}
     return {"wall_s": wall, "peak_rss_gib": hwm[-1] / 2**20}
+
+
+def run_blend(parts: list[str], results: dict, configs: dict, out: Path, labels: dict) -> list[dict]:
+    """``seal combine`` (equal weights) of finished methods, once per seed of its seeded parts.
+
+    Wall time is the parts' sum (each ran once for the blend) and peak RSS their maximum: what
+    producing the blend from nothing costs. A part with one run is reused for every seed.
+    """
+    from seal_core.ranker.combine_files import CombineConfig, combine
+
+    missing = [p for p in parts if p not in results]
+    if missing:
+        return [{"error": f"blend parts {missing} are not among --methods"}]
+    n = max(len(configs[p]) for p in parts)
+    rows = []
+    for k in range(n):
+        runs = [(configs[p][min(k, len(configs[p]) - 1)], results[p][min(k, len(results[p]) - 1)]) for p in parts]
+        bad = [r["error"] for _, r in runs if "error" in r]
+        if bad:
+            rows.append({"error": bad[0]})
+            continue
+        dest = out / "+".join(parts) / f"seed{runs[0][0]['seed'] if n > 1 else 0}"
+        path = combine(CombineConfig(scores=[c["out"] for c, _ in runs], out=str(dest), progress=False))
+        rows.append({"wall_s": sum(r["wall_s"] for _, r in runs), "peak_rss_gib": max(r["peak_rss_gib"] for _, r in runs),
+                     **measure(path, labels)})
+    return rows
 
 
 def measure(scores_path: Path, labels: dict) -> dict:
@@ -310,6 +347,9 @@ def _parse_args(argv):
     ap.add_argument("--anchor-seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "ranker_quality"))
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--blends", default="", help="rank averages of finished methods (seal combine), '|' within a "
+                    "blend and ',' between blends, e.g. seal-probe|compliance+anchors|loss; each component must "
+                    "be in --methods")
     return ap.parse_args(argv)
 
 
@@ -384,6 +424,10 @@ def main(argv=None) -> int:
                 results[name].append(r)
                 print(f"    {json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()})}",
                       flush=True)
+        tag = "pool" if args.no_controls else "pool+controls"
+        for blend in [b for b in args.blends.split(",") if b]:
+            results[blend.replace("|", " + ")] = run_blend(blend.split("|"), results, configs,
+                                                           Path(args.out) / tag / "blends", labels)
     print_table(results)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "results.json").write_text(json.dumps({"settings": settings, "results": results}, indent=2))
