@@ -138,7 +138,12 @@ def hypergradient(params: Sequence[torch.nn.Parameter], direction: Sequence[torc
     ``direction`` is ``grad U`` (:func:`reference_gradient`), ``losses`` the samples' ``l_i`` closures
     and ``batch_size`` the ``B`` the lower step divides by (the global batch, not a rank's share).
     """
-    return -(lr / batch_size) * alignments(params, direction, losses)
+    return hypergradient_from_dots(alignments(params, direction, losses), lr, batch_size)
+
+
+def hypergradient_from_dots(dots: torch.Tensor, lr: float, batch_size: int) -> torch.Tensor:
+    """``-(lr/B) <grad U, grad l_i>`` from the dot products however they were computed."""
+    return -(lr / batch_size) * dots
 
 
 def first_target_labels(labels: torch.Tensor, k: int) -> torch.Tensor:
@@ -291,10 +296,10 @@ class HypergradientSignal:
                 dots = alignments(params, v, [lambda i=i: self._loss(model, data, data.pool, [i])[0] for i in mb])
             parts.append(dots)
         dots = torch.cat(parts) if parts else torch.zeros(0, dtype=v[0].dtype, device=v[0].device)
-        local = -(self.cfg.model_lr / len(idx)) * dots
+        local = hypergradient_from_dots(dots, self.cfg.model_lr, len(idx))
         return data.dist.gather(local.float(), len(idx))
 
 
-__all__ = ["reference_gradient", "alignments", "row_alignments", "hypergradient", "first_target_labels", "split_by_refusal",
+__all__ = ["reference_gradient", "alignments", "row_alignments", "hypergradient", "hypergradient_from_dots", "first_target_labels", "split_by_refusal",
            "ReferencePart", "reference_parts", "next_reference_batch", "answer_text", "load_anchors",
            "HypergradientSignal"]
