@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from seal_core.config import deep_merge, from_dict, parse_overrides, to_dict  # noqa: E402
 from seal_core.metrics import auroc  # noqa: E402
-from seal_core.ranker.config import RankConfig  # noqa: E402
+from seal_core.ranker.config import CombinedConfig, RankConfig  # noqa: E402
 
 BENCH = ROOT.parent / "shared" / "data" / "seal-bench"
 RAW = ROOT.parent / "shared" / "data" / "raw"
@@ -63,6 +63,8 @@ _HYPER = {"selector": {"update": "hypergradient"}}
 # name -> (method, overrides)
 VARIANTS = {
     "loss": ("loss", {}),
+    "relevance": ("relevance", {}),
+    "prior": ("prior", {}),
     "random": ("random", {}),
     "dsir": ("dsir", {}),
     "seal": ("seal", {}),
@@ -72,8 +74,11 @@ VARIANTS = {
     "seal-penalty": ("seal-penalty", {}),
     "compliance": ("compliance", {}),
     "compliance+anchors": ("compliance", {"anchors": AUTO}),
+    "compliance+loss": ("combined", {"combined": {"signals": ["compliance", "loss"]}}),
+    "compliance+loss+anchors": ("combined", {"combined": {"signals": ["compliance", "loss"]}, "anchors": AUTO}),
     "combined": ("combined", {}),
-    "combined+anchors": ("combined", {"anchors": AUTO}),
+    "combined+anchors": ("combined", {"combined": {"signals": ["probe", "prior", "relevance", "compliance"]},
+                                      "anchors": AUTO}),
     "seal-hypergradient": ("seal", _HYPER),
     "seal-hypergradient-refusal": ("seal", deep_merge(_HYPER, {"selector": {"safe_gradient": "refusal_vs_helpful"}})),
     "seal-hypergradient-first16": ("seal", deep_merge(_HYPER, {"selector": {"first_tokens": 16}})),
@@ -84,7 +89,8 @@ VARIANTS = {
                                                                        "anchors": AUTO})),
     "seal-probe": ("seal-probe", {}),
 }
-DEFAULT_METHODS = ("loss,random,dsir,seal,seal-reference,compliance,compliance+anchors,combined,combined+anchors,"
+DEFAULT_METHODS = ("loss,relevance,prior,random,dsir,seal,seal-reference,compliance,compliance+anchors,compliance+loss,"
+                   "compliance+loss+anchors,combined,combined+anchors,"
                    "seal-hypergradient,seal-hypergradient-refusal,seal-hypergradient-first16,seal-hypergradient+anchors,"
                    "seal-hypergradient+anchors-first16,seal-probe")
 SEEDED_METHODS = {"seal", "seal-penalty", "seal-probe", "random"}
@@ -314,11 +320,18 @@ def forward_tokens(method: str, cfg: dict, pool: list[int], safe: list[int], anc
     p = float(sum(pool))
     if method in ("random", "dsir"):
         return 0.0
-    if method == "loss":
+    if method in ("loss", "prior"):
         return p
+    if method == "relevance":
+        return 2.0 * p
     if method in ("compliance", "combined"):
+        signals = cfg.get("combined", {}).get("signals", []) if method == "combined" else ["compliance"]
         a = float(sum(anchors)) if anchors else float(sum(safe))
-        return p + a + (p if method == "combined" else 0.0)
+        total = (p + a if "compliance" in signals else 0.0) + (2.0 * p if {"relevance", "prior"} & set(signals) else 0.0)
+        total += p if "loss" in signals and not {"relevance", "prior"} & set(signals) else 0.0
+        if "probe" in signals:
+            total += forward_tokens("seal-probe", cfg, pool, safe, anchors) - p  # no final-loss pass
+        return total
     steps = -(-len(pool) // cfg["batch_size"]) * cfg["epochs"]
     safe_per_step = cfg["safe_batch_size"] * float(np.mean(safe))
     per_epoch_pool = p * (2.0 if method == "seal-penalty" else 1.0)
@@ -365,7 +378,9 @@ def _configs(args, names, settings, pool_path, data, anchors_path) -> dict[str, 
         if over.get("anchors") == AUTO:
             over = {**over, "anchors": str(anchors_path)}
         runs = []
-        for seed in (seeds if method in SEEDED_METHODS else seeds[:1]):
+        signals = deep_merge(settings, over).get("combined", {}).get("signals", CombinedConfig().signals)
+        seeded = method in SEEDED_METHODS or (method == "combined" and "probe" in signals)
+        for seed in (seeds if seeded else seeds[:1]):
             d = deep_merge(deep_merge(settings, over), {
                 "pool": str(pool_path), "safe": str(data / "safe_set.jsonl"), "method": method, "seed": seed,
                 "out": str(Path(args.out) / tag / name / f"seed{seed}")})

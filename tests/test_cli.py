@@ -122,8 +122,8 @@ def test_rank_help_has_no_pasted_defaults(capsys, monkeypatch):
     entries = help_entries(capsys, monkeypatch, "rank")
     assert entry_for(entries, ("--model",)).endswith("(default: smollm2-135m-instruct)")
     assert entry_for(entries, ("--epochs",)).endswith("(default: 3)")
-    assert "(default: seal)" in entry_for(entries, ("--method",))
-    assert "{seal,seal-penalty,random,loss,dsir,compliance,combined,seal-probe}" in entry_for(entries, ("--method",))
+    assert "(default: combined)" in entry_for(entries, ("--method",))
+    assert "{combined,seal,seal-penalty,seal-probe,random,loss,relevance,prior,dsir,compliance}" in entry_for(entries, ("--method",))
     assert "(default" not in entry_for(entries, ("--pool",))
     # The nested sections are named as --set keys.
     assert any("lora.KEY" in e and "selector.KEY" in e for e in entries)
@@ -172,7 +172,7 @@ def test_a_missing_required_flag_exits_2(cmd, capsys):
 
 
 CASES = [
-    ("rank", [], {"pool": "p", "out": "o", "safe": "", "model": "smollm2-135m-instruct", "method": "seal",
+    ("rank", [], {"pool": "p", "out": "o", "safe": "", "model": "smollm2-135m-instruct", "method": "combined",
                   "epochs": 3, "max_length": 512, "progress": True, "args.resume": False}),
     ("rank", ["--safe", "s", "--model", "m", "--method", "dsir", "--epochs", "2", "--max-length", "64",
               "--no-progress", "--resume"],

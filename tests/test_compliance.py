@@ -200,14 +200,14 @@ def test_compliance_rank_with_anchors_scores_every_sample(compliance_data, tmp_p
 
 
 def test_combined_rank_averages_compliance_and_loss(compliance_data, tmp_path):
-    t, meta = _cli(compliance_data, tmp_path / "m", "--method", "combined", "--set", "combined.compliance_weight=0.5",
+    t, meta = _cli(compliance_data, tmp_path / "m", "--method", "combined", "--set", "combined.weights=[0.5,0.5]",
                    "--set", "compliance.layers=[1,2]")
     assert len(t) == compliance_data["n"] and np.isfinite(t["loss"]).all()
     assert ((t["score"] > 0) & (t["score"] <= 1)).all()
     assert meta["compliance"]["anchors"]["compliant_source"] == "safe-set non-refusals"
     assert set(meta["compliance"]["loo_auroc_by_layer"]) == {"1", "2"}
     # With weight 0 the combined ranking is the loss ranking.
-    t0, _ = _cli(compliance_data, tmp_path / "m0", "--method", "combined", "--set", "combined.compliance_weight=0")
+    t0, _ = _cli(compliance_data, tmp_path / "m0", "--method", "combined", "--set", "combined.weights=[0,1]")
     t0 = t0.set_index("sample_id")
     np.testing.assert_allclose(t0["score"], normalised_ranks(-t0["loss"].to_numpy()))
 
@@ -245,3 +245,33 @@ def test_a_pool_larger_than_fit_rows_is_scored_by_the_subset_fit(compliance_data
     np.testing.assert_allclose(got, chosen.scores, rtol=1e-5, atol=1e-6)
     full, _ = _cli(compliance_data, tmp_path / "f", "--method", "compliance", "--anchors", compliance_data["anchors"])
     assert not np.allclose(full.set_index("sample_id").loc[t["sample_id"], "score"], t["score"])
+
+
+def test_combined_with_probe_equals_the_rank_average_of_its_parts(compliance_data, tmp_path):
+    """One combined run (relevance, compliance, then the probe trained last) gives exactly the rank average
+    of the separate relevance, compliance and seal-probe runs: the forward-only signals do not disturb the
+    probe's training, which reseeds and starts from the unadapted model."""
+    common = ("--epochs", "1", "--set", "batch_size=4", "--set", "compliance.layers=[1,2]", "--seed", "3")
+    t, meta = _cli(compliance_data, tmp_path / "all", "--method", "combined", *common,
+                   "--set", "combined.signals=[probe,compliance,relevance,prior]", "--set", "combined.weights=[2,1,1,1]")
+    parts = {m: _cli(compliance_data, tmp_path / m, "--method", m, *common)[0].set_index("sample_id")["score"]
+             for m in ("seal-probe", "compliance", "relevance", "prior")}
+    t = t.set_index("sample_id")
+    expected = rank_average([parts["seal-probe"][t.index].to_numpy(), parts["compliance"][t.index].to_numpy(),
+                             parts["relevance"][t.index].to_numpy(), parts["prior"][t.index].to_numpy()], [2, 1, 1, 1])
+    np.testing.assert_allclose(t["score"].to_numpy(), expected, rtol=0, atol=1e-12)
+    assert meta["compliance"]["signals"] == {"probe": 2.0, "compliance": 1.0, "relevance": 1.0, "prior": 1.0}
+    assert meta["steps"] > 0 and (tmp_path / "all" / "checkpoints" / "last.safetensors").exists()
+    # The probe signal moved: not every sample has the same logit.
+    assert parts["seal-probe"].nunique() > 1
+
+
+def test_combined_signals_config_is_checked():
+    from seal_core.errors import ConfigError
+    from seal_core.ranker.config import CombinedConfig
+
+    assert CombinedConfig(signals=["probe", "relevance"]).resolved_weights() == [1.0, 1.0]
+    for bad in ({"signals": ["style"]}, {"signals": []}, {"signals": ["loss", "loss"]},
+                {"signals": ["loss", "relevance"], "weights": [1.0]}, {"signals": ["loss"], "weights": [-1.0]}):
+        with pytest.raises(ConfigError):
+            CombinedConfig(**bad)

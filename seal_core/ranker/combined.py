@@ -1,11 +1,14 @@
-"""``method=combined``: a compliance signal and a quality signal, averaged as ranks.
+"""``method=combined``: several ranking signals of one pool, averaged as ranks, from one model load.
 
-The compliance score (:mod:`.compliance`) pushes down compliant answers to requests the model
-would refuse but says nothing about junk; the unadapted model's loss (``method=loss``) pushes
-down garbage and mismatched answers (AUROC 0.83 on seal-bench) but rewards short chatty text.
-The two live on unrelated scales, so each becomes a normalised rank in (0, 1] (ties share their
-average rank) and the score is ``w * rank(compliance) + (1 - w) * rank(-loss)`` with
-``w = combined.compliance_weight``. Both come from one model load.
+Each signal scores a different failure: the compliance direction (:mod:`.compliance`) pushes down
+compliant answers to requests the model would refuse and keeps refusals, but says nothing about
+junk; the relevance (:mod:`.relevance`) pushes down garbage and mismatched answers and is neutral on
+harmful ones; the unadapted model's loss pushes down garbage but rewards short chatty text; a
+seal-probe selector (:mod:`.probe`) trained by the bilevel loop ranks harmful rows lowest but drops
+refusals of the same requests with them. They live on unrelated scales, so each becomes a
+normalised rank in (0, 1] (ties share their average rank) and the score is their weighted mean
+(``combined.signals``, ``combined.weights``). The forward-only signals are computed first, on the
+unadapted model; the probe is trained last (it attaches LoRA).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..errors import SealError
 from ..io import write_json
 from ..metrics import average_ranks
 from .compliance import compliance_scores
@@ -37,27 +41,53 @@ def rank_average(signals: Sequence[Sequence[float]], weights: Sequence[float]) -
     return sum(w * r for w, r in zip(weights, ranks)) / float(sum(weights))
 
 
-def rank_by_compliance(cfg, model, tokenizer, pool, encoded, out: Path,
-                       dist=None) -> tuple[np.ndarray, np.ndarray, dict]:
-    """``method=compliance`` or ``combined`` on the ``encoded`` pool rows -> (scores, losses, info).
+def _base_signals(cfg, model, tokenizer, pool, encoded, dist) -> tuple[dict, np.ndarray, dict]:
+    """The forward-only signals of ``combined.signals`` (compliance, loss, relevance) on the unadapted model."""
+    from ..tokenization import score_losses
+    from .relevance import answer_losses, relevance_from_losses
 
-    The losses (under the unadapted model) are NaN for ``compliance``, which never computes them.
-
-    The fitted layer, the anchors and their per-layer leave-one-out AUROC also go to
-    ``out/compliance.json`` and one printed line.
-    """
-    scores, info = compliance_scores(cfg, model, tokenizer, pool, encoded, dist)
-    losses = np.full(len(scores), math.nan)
-    if cfg.method == "combined":
-        from ..tokenization import score_losses
-
+    wanted = set(cfg.combined.signals) if cfg.method == "combined" else {"compliance"}
+    signals, info = {}, {}
+    losses = np.full(len(encoded), math.nan)
+    if "compliance" in wanted:
+        signals["compliance"], info = compliance_scores(cfg, model, tokenizer, pool, encoded, dist)
+    if wanted & {"relevance", "prior"}:
+        cond, uncond = answer_losses(model, tokenizer, encoded, cfg.score_batch_size, cfg.progress, dist=dist,
+                                     logits_budget=cfg.logits_budget, with_request=True)
+        signals["relevance"], signals["prior"] = relevance_from_losses(cond, uncond), -uncond
+        if cfg.train_on == "final":
+            losses = cond  # the final answer is all that carries loss: the same loss, not computed twice
+    if cfg.method == "combined" and np.isnan(losses).all() and len(losses):
         losses = score_losses(model, tokenizer, encoded, cfg.score_batch_size, cfg.progress, desc="losses",
                               dist=dist, logits_budget=cfg.logits_budget)
-        w = cfg.combined.compliance_weight
-        scores = rank_average([scores, -losses], [w, 1.0 - w])
-        info["compliance_weight"] = w
-    if dist is None or dist.is_main:
-        write_json(Path(out) / "compliance.json", info)
+    if "loss" in wanted:
+        signals["loss"] = -losses
+    return signals, losses, info
+
+
+def rank_combined(cfg, model, tokenizer, pool, encoded, out: Path, dist=None, train_probe=None
+                  ) -> tuple[np.ndarray, np.ndarray, dict]:
+    """``method=compliance`` or ``combined`` on the ``encoded`` pool rows -> (scores, losses, info).
+
+    ``losses`` are the unadapted model's (NaN for ``compliance``, which never computes them).
+    ``train_probe()`` (needed when ``probe`` is a signal) trains the seal-probe selector on the
+    model as it is and returns its logits for the ``encoded`` rows. The fitted compliance layer,
+    the anchors and their per-layer leave-one-out AUROC go to ``out/compliance.json`` and one
+    printed line; ``info["signals"]`` lists the signals and weights.
+    """
+    signals, losses, info = _base_signals(cfg, model, tokenizer, pool, encoded, dist)
+    if cfg.method == "compliance":
+        scores = signals["compliance"]
+    else:
+        if "probe" in cfg.combined.signals:
+            if train_probe is None:
+                raise SealError("combined.signals has 'probe' but no way to train it was given")
+            signals["probe"] = np.asarray(train_probe(), dtype=np.float64)
+        names, w = list(cfg.combined.signals), cfg.combined.resolved_weights()
+        scores = rank_average([signals[n] for n in names], w)
+        info["signals"] = dict(zip(names, w))
+    if info.get("anchors") and (dist is None or dist.is_main):
+        write_json(Path(out) / "compliance.json", {k: v for k, v in info.items() if k != "signals"})
         a = info["anchors"]
         print(f"compliance: layer {info['layer']} (anchors' leave-one-out AUROC {info['loo_auroc']:.3f}; "
               f"{a['compliant_encoded']} compliant anchors from {a['compliant_source']}, {a['refusal_encoded']} "
@@ -65,4 +95,4 @@ def rank_by_compliance(cfg, model, tokenizer, pool, encoded, out: Path,
     return scores, losses, info
 
 
-__all__ = ["normalised_ranks", "rank_average", "rank_by_compliance"]
+__all__ = ["normalised_ranks", "rank_average", "rank_combined"]

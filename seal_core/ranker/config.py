@@ -146,16 +146,38 @@ class ComplianceConfig:
             raise ConfigError(f"compliance.fit_rows must be 0 (every row) or >= 2, got {self.fit_rows}")
 
 
+COMBINED_SIGNALS = ("compliance", "loss", "relevance", "prior", "probe")
+
+
 @dataclass
 class CombinedConfig:
-    compliance_weight: float = field(
-        default=0.5,
-        metadata={"help": "method=combined: weight of the compliance rank; the loss rank gets 1 - it."},
+    signals: list[str] = field(
+        default_factory=lambda: ["probe", "prior", "relevance"],
+        metadata={"help": "method=combined: the signals whose normalised ranks are averaged, all from one model "
+                  "load. 'compliance': the compliance direction (uses --anchors); 'loss': minus the unadapted "
+                  "model's loss; 'relevance': min(0, l(answer | empty request) - l(answer | request)), "
+                  "below zero for garbage and answers to another request; 'prior': -l(answer | empty request), "
+                  "low for what an aligned model would not say unprompted (harmful compliance), high for refusals; 'probe': a seal-probe selector trained by the bilevel "
+                  "loop (needs the safe set; uses the probe.* and selector.* settings)."},
+    )
+    weights: list[float] = field(
+        default_factory=list,
+        metadata={"help": "Weight of each signal's rank, in the order of combined.signals; empty: equal weights."},
     )
 
     def __post_init__(self):
-        if not 0.0 <= self.compliance_weight <= 1.0:
-            raise ConfigError(f"combined.compliance_weight must be in [0, 1], got {self.compliance_weight}")
+        unknown = [s for s in self.signals if s not in COMBINED_SIGNALS]
+        if unknown or not self.signals or len(set(self.signals)) != len(self.signals):
+            raise ConfigError(f"combined.signals must be distinct names of {', '.join(COMBINED_SIGNALS)}, "
+                              f"got {self.signals}")
+        if self.weights and len(self.weights) != len(self.signals):
+            raise ConfigError(f"combined.weights needs one weight per signal ({len(self.signals)}), "
+                              f"got {self.weights}")
+        if any(w < 0 for w in self.weights) or (self.weights and not sum(self.weights) > 0):
+            raise ConfigError(f"combined.weights must be >= 0 with a positive sum, got {self.weights}")
+
+    def resolved_weights(self) -> list[float]:
+        return [float(w) for w in self.weights] if self.weights else [1.0] * len(self.signals)
 
 
 @dataclass
@@ -197,7 +219,12 @@ class RankConfig:
     safe: str = field(default="", metadata={"help": "Safe set (upper level; needed by seal, seal-penalty and dsir): same forms as pool."})
     out: str = field(default="", metadata={"help": "Output directory (scores.parquet, config.json, checkpoints/)."})
     model: str = field(default="smollm2-135m-instruct", metadata={"help": "Model: a named default, Hub id, local dir or .gguf file."})
-    method: Literal["seal", "seal-penalty", "random", "loss", "dsir", "compliance", "combined", "seal-probe"] = field(default="seal", metadata={"help": "Ranking method."})
+    method: Literal["combined", "seal", "seal-penalty", "seal-probe", "random", "loss", "relevance", "prior", "dsir",
+                    "compliance"] = field(
+        default="combined",
+        metadata={"help": "Ranking method. Default 'combined': the rank average of combined.signals (a seal-probe "
+                  "selector trained by the bilevel loop, the answer's prior and its relevance), the best on "
+                  "seal-bench with controls (docs/ranker.md); 'seal' is the paper's free-logit selector."})
     epochs: int = field(default=3, metadata={"help": "Passes over the pool (paper: 3)."})
     max_length: int = field(default=512, metadata={"help": "Token limit per sample (truncation policy applies above it)."})
     truncation: Literal["keep_prompt", "left", "right", "drop"] = field(

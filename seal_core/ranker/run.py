@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -44,6 +45,22 @@ def rank(cfg: RankConfig, resume: bool = False, on_progress: Optional[ProgressFn
                               launched=lambda: Path(cfg.out) / "scores.parquet")
 
 
+def _train_bilevel(cfg: RankConfig, model, tok, enc, out: Path, resume: bool, on_progress, dist: Dist, meta: dict):
+    """The bilevel loop (seal, seal-penalty, seal-probe) on the encoded pool; records the run in ``meta``."""
+    from ..tokenization import encode_samples
+
+    safe = load_required_samples(cfg.safe, "safe set")
+    meta["inputs"]["safe"] = {"path": cfg.safe, "fingerprint": _fingerprint(cfg.safe), "n": len(safe)}
+    safe_enc, safe_dropped = encode_samples(tok, safe, cfg.max_length, cfg.train_on, cfg.truncation)
+    if not safe_enc:
+        raise SealError(f"no safe-set sample fits max_length={cfg.max_length}")
+    state = train_seal(cfg, model, tok, enc, safe_enc, out, resume=resume, on_progress=on_progress, dist=dist)
+    if not state.completed and dist.is_main:
+        print(f"stopped after {state.steps} steps (max_steps); checkpoint saved, resume with --resume")
+    meta.update(steps=state.steps, completed=state.completed, safe_dropped=len(safe_dropped))
+    return state
+
+
 def _rank(cfg: RankConfig, out: Path, resume: bool, on_progress: Optional[ProgressFn], dist: Dist) -> Path:
     t0 = time.time()
     pool = open_pool(cfg.pool, "pool")
@@ -71,7 +88,7 @@ def _rank(cfg: RankConfig, out: Path, resume: bool, on_progress: Optional[Progre
         scores = np.asarray(dsir_scores(pool.samples(), safe, n_buckets=cfg.dsir_buckets), dtype=np.float64)
     else:
         from ..models import load_model, model_id
-        from ..tokenization import encode_samples, score_losses
+        from ..tokenization import score_losses
 
         model, tok = load_model(cfg.model, device=device_for(dist, cfg.device), dtype=cfg.dtype, seed=cfg.seed)
         meta["model_id"] = model_id(cfg.model)
@@ -83,32 +100,37 @@ def _rank(cfg: RankConfig, out: Path, resume: bool, on_progress: Optional[Progre
                                        dist=dist, logits_budget=cfg.logits_budget)
             # High loss under the unadapted model = unlike what the model already does: drop first.
             scores = -losses
+        elif cfg.method in ("relevance", "prior"):
+            from .relevance import answer_losses, relevance_from_losses
+
+            cond, uncond = answer_losses(model, tok, enc, cfg.score_batch_size, cfg.progress, dist=dist,
+                                         logits_budget=cfg.logits_budget, with_request=cfg.method == "relevance")
+            scores, losses = np.full(len(ids), math.nan), np.full(len(ids), math.nan)
+            scores[pos] = relevance_from_losses(cond, uncond) if cfg.method == "relevance" else -uncond
+            # The loss column: the answer's loss as the method saw it (with the request, or without).
+            losses[pos] = cond if cfg.method == "relevance" else uncond
         elif cfg.method in ("compliance", "combined"):
-            from .combined import rank_by_compliance
+            from .combined import rank_combined
+
+            def train_probe():
+                # The bilevel loop of method=seal-probe, on the model the forward-only signals just used.
+                state = _train_bilevel(replace(cfg, method="seal-probe"), model, tok, enc, out, resume, on_progress,
+                                       dist, meta)
+                return state.z.cpu().numpy()
 
             scores, losses = np.full(len(ids), math.nan), np.full(len(ids), math.nan)
-            scores[pos], losses[pos], meta["compliance"] = rank_by_compliance(cfg, model, tok, pool, enc, out, dist)
+            scores[pos], losses[pos], meta["compliance"] = rank_combined(cfg, model, tok, pool, enc, out, dist,
+                                                                         train_probe)
             meta["inputs"].update({k: {"path": getattr(cfg, k), "fingerprint": _fingerprint(getattr(cfg, k))}
                                    for k in ("safe", "anchors") if getattr(cfg, k)})
         else:
-            safe = load_required_samples(cfg.safe, "safe set")
-            meta["inputs"]["safe"] = {"path": cfg.safe, "fingerprint": _fingerprint(cfg.safe), "n": len(safe)}
-            safe_enc, safe_dropped = encode_samples(tok, safe, cfg.max_length, cfg.train_on, cfg.truncation)
-            if not safe_enc:
-                raise SealError(f"no safe-set sample fits max_length={cfg.max_length}")
-            state = train_seal(cfg, model, tok, enc, safe_enc, out, resume=resume, on_progress=on_progress,
-                               dist=dist)
-            if not state.completed and dist.is_main:
-                print(f"stopped after {state.steps} steps (max_steps); checkpoint saved, resume with --resume")
+            state = _train_bilevel(cfg, model, tok, enc, out, resume, on_progress, dist, meta)
             final_losses = score_losses(state.model, tok, enc, cfg.score_batch_size, cfg.progress, desc="final losses",
                                         dist=dist, logits_budget=cfg.logits_budget)
             scores, weights, losses = (np.full(len(ids), math.nan) for _ in range(3))
             scores[pos] = state.z.cpu().numpy().astype(np.float64)
             weights[pos] = state.weights.cpu().numpy().astype(np.float64)
             losses[pos] = final_losses
-            meta["steps"] = state.steps
-            meta["completed"] = state.completed
-            meta["safe_dropped"] = len(safe_dropped)
             if cfg.method == "seal-probe" and dist.is_main:
                 from .probe import export_selector
 
