@@ -51,7 +51,7 @@ def score(cfg: ScoreConfig) -> Path:
     import torch
 
     from ..models import load_model
-    from .features import hidden_features
+    from .features import projected_features
     from .probe import load_trained_probe
     from .selector import selector_weights
 
@@ -68,9 +68,9 @@ def score(cfg: ScoreConfig) -> Path:
     ids = pool.sample_ids
     scores, weights = np.full(len(ids), math.nan), np.full(len(ids), math.nan)
     if len(enc):
-        resp, last = hidden_features(model, tok, enc, [m["layer"]], cfg.batch_size, cfg.progress,
-                                     desc="score features")[m["layer"]]
-        z = probe.logits(resp, last)
+        # Each batch's features become its logits before the next batch runs: memory is O(batch), not N x 2d.
+        z = projected_features(model, tok, enc, m["layer"], probe.logits, cfg.batch_size, cfg.progress,
+                               desc="score features")
         pos = pool.positions(enc)
         scores[pos] = z
         weights[pos] = selector_weights(torch.as_tensor(z), m["weighting"]).numpy()
