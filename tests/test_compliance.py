@@ -200,14 +200,16 @@ def test_compliance_rank_with_anchors_scores_every_sample(compliance_data, tmp_p
 
 
 def test_combined_rank_averages_compliance_and_loss(compliance_data, tmp_path):
-    t, meta = _cli(compliance_data, tmp_path / "m", "--method", "combined", "--set", "combined.weights=[0.5,0.5]",
+    t, meta = _cli(compliance_data, tmp_path / "m", "--method", "combined", "--set", "combined.signals=[compliance,loss]",
+                   "--set", "combined.weights=[0.5,0.5]",
                    "--set", "compliance.layers=[1,2]")
     assert len(t) == compliance_data["n"] and np.isfinite(t["loss"]).all()
     assert ((t["score"] > 0) & (t["score"] <= 1)).all()
     assert meta["compliance"]["anchors"]["compliant_source"] == "safe-set non-refusals"
     assert set(meta["compliance"]["loo_auroc_by_layer"]) == {"1", "2"}
     # With weight 0 the combined ranking is the loss ranking.
-    t0, _ = _cli(compliance_data, tmp_path / "m0", "--method", "combined", "--set", "combined.weights=[0,1]")
+    t0, _ = _cli(compliance_data, tmp_path / "m0", "--method", "combined",
+                "--set", "combined.signals=[compliance,loss]", "--set", "combined.weights=[0,1]")
     t0 = t0.set_index("sample_id")
     np.testing.assert_allclose(t0["score"], normalised_ranks(-t0["loss"].to_numpy()))
 
