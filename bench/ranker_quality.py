@@ -190,13 +190,26 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
+# Config sections only some methods read: a difference there does not make another method's run differ.
+_SECTION_METHODS = {"combined.": {"combined"}, "compliance.": {"compliance", "combined"},
+                    "probe.": {"seal-probe", "combined"}}
+
+
 def _same_run(done: dict, cfg: dict) -> bool:
     """Whether a recorded run used ``cfg``; a key added to RankConfig since then counts as the same run
-    when ``cfg`` holds its default (the setting did not exist, so the run had the default's behaviour)."""
+    when ``cfg`` holds its default (the setting did not exist, so the run had the default's behaviour),
+    a key RankConfig no longer has is ignored (it cannot be set now), and so are sections the method
+    never reads."""
     defaults = _flat(to_dict(RankConfig()))
+    method = cfg.get("method")
+
+    def relevant(k: str) -> bool:
+        return all(method in methods for p, methods in _SECTION_METHODS.items() if k.startswith(p))
+
     # The combined pool lives in a fresh temporary folder each run; sample ids are content digests.
-    a, b = ({k: v for k, v in _flat(x).items() if k != "pool"} for x in (done, cfg))
-    return all(a.get(k, defaults.get(k)) == v for k, v in b.items()) and set(a) <= set(b)
+    a, b = ({k: v for k, v in _flat(x).items() if k != "pool" and relevant(k)} for x in (done, cfg))
+    stale = {k for k in set(a) - set(b) if k not in defaults}
+    return all(a.get(k, defaults.get(k)) == v for k, v in b.items()) and set(a) - stale <= set(b)
 
 
 def run_child(cfg: dict) -> dict:

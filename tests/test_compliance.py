@@ -277,3 +277,12 @@ def test_combined_signals_config_is_checked():
                 {"signals": ["loss", "relevance"], "weights": [1.0]}, {"signals": ["loss"], "weights": [-1.0]}):
         with pytest.raises(ConfigError):
             CombinedConfig(**bad)
+
+
+def test_combined_refuses_more_than_one_process():
+    from seal_core.errors import ConfigError
+    from seal_core.ranker.config import RankConfig
+
+    with pytest.raises(ConfigError, match="one process"):
+        RankConfig(method="combined", processes=2)
+    assert RankConfig(method="seal-probe", processes=2).processes == 2

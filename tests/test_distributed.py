@@ -43,7 +43,7 @@ def _ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 
 
 def _rank_args(data: Path, out: Path) -> list[str]:
-    return ["rank", "--pool", str(data / "pool.jsonl"), "--safe", str(data / "safe.jsonl"), "--model", "tiny-random",
+    return ["rank", "--method", "seal", "--pool", str(data / "pool.jsonl"), "--safe", str(data / "safe.jsonl"), "--model", "tiny-random",
             "--out", str(out), "--max-length", "96", "--epochs", "2", "--batch-size", "8", "--model-lr", "1e-3",
             "--checkpoint-every", "2", "--no-progress"]
 

@@ -130,7 +130,7 @@ def test_first_tokens_gradient_equals_a_manual_loss_over_the_first_k_tokens():
     enc = _encode(tok, [("Which colour is the sky?", "The sky is blue, always blue, every single day of the year.")])
     k = 4
     cfg = SelectorConfig(update="hypergradient", first_tokens=k)
-    rc = RankConfig(selector=cfg, model="tiny-random")
+    rc = RankConfig(method="seal", selector=cfg, model="tiny-random")
     sig = HypergradientSignal(rc, tok, enc, [])
     data = _Batches(enc, pad_token_id(tok))
     got = torch.autograd.grad(sig._loss(model, data, enc, [0])[0], params)
@@ -144,7 +144,7 @@ def test_first_tokens_gradient_equals_a_manual_loss_over_the_first_k_tokens():
     want = torch.autograd.grad(manual, params)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
-    whole = torch.autograd.grad(HypergradientSignal(RankConfig(selector=SelectorConfig(update="hypergradient"),
+    whole = torch.autograd.grad(HypergradientSignal(RankConfig(method="seal", selector=SelectorConfig(update="hypergradient"),
                                                                model="tiny-random"), tok, enc, [])
                                 ._loss(model, data, enc, [0])[0], params)
     assert not all(torch.allclose(a, b) for a, b in zip(got, whole))
@@ -183,7 +183,7 @@ def test_refusal_split_uses_the_detector_on_the_decoded_answers():
     assert split_by_refusal(answers) == ([1, 2], [0, 3, 4])
     _, tok, _ = _lora_model()
     enc = _encode(tok, [(f"Question {i}?", a) for i, a in enumerate(answers)])
-    sig = HypergradientSignal(RankConfig(model="tiny-random", selector=SelectorConfig(
+    sig = HypergradientSignal(RankConfig(method="seal", model="tiny-random", selector=SelectorConfig(
         update="hypergradient", safe_gradient="refusal_vs_helpful")), tok, enc, [])
     assert [(p.name, p.indices, p.sign) for p in sig.parts] == [("refusals", (1, 2), 1.0),
                                                                  ("helpful", (0, 3, 4), -1.0)]
@@ -212,7 +212,7 @@ def test_hypergradient_settings_are_checked():
     with pytest.raises(ConfigError, match="method=seal"):
         from_dict(RankConfig, {"method": "seal-penalty", "selector": {"update": "hypergradient"}})
     with pytest.raises(ConfigError, match="anchors"):
-        from_dict(RankConfig, {"selector": {"update": "hypergradient", "safe_gradient": "anchors"}})
+        from_dict(RankConfig, {"method": "seal", "selector": {"update": "hypergradient", "safe_gradient": "anchors"}})
 
 
 def _write_jsonl(path, rows):
@@ -251,7 +251,7 @@ def test_seal_rank_cli_hypergradient_scores_every_sample(toy, tmp_path):
     from seal_cli.main import main
 
     out = tmp_path / "cli"
-    assert main(["rank", "--pool", toy["pool"], "--safe", toy["safe"], "--model", "tiny-random", "--out", str(out),
+    assert main(["rank", "--method", "seal", "--pool", toy["pool"], "--safe", toy["safe"], "--model", "tiny-random", "--out", str(out),
                  "--max-length", "64", "--epochs", "1", "--batch-size", "4", "--no-progress",
                  "--set", "model_lr=3e-2", "--set", "selector.update=hypergradient"]) in (0, None)
     s = _scores(out)
@@ -320,7 +320,7 @@ def _seal(args, nproc):
 @pytest.mark.slow
 def test_two_process_hypergradient_matches_one_process(toy, tmp_path):
     def args(out):
-        return ["rank", "--pool", toy["pool"], "--safe", toy["safe"], "--model", "tiny-random", "--out", str(out),
+        return ["rank", "--method", "seal", "--pool", toy["pool"], "--safe", toy["safe"], "--model", "tiny-random", "--out", str(out),
                 "--max-length", "64", "--epochs", "1", "--batch-size", "4", "--no-progress", "--set",
                 "model_lr=3e-2", "--set", "selector.update=hypergradient", "--set",
                 "selector.safe_gradient=refusal_vs_helpful"]
