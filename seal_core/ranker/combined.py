@@ -42,7 +42,7 @@ def rank_average(signals: Sequence[Sequence[float]], weights: Sequence[float]) -
 
 
 def _base_signals(cfg, model, tokenizer, pool, encoded, dist) -> tuple[dict, np.ndarray, dict]:
-    """The forward-only signals of ``combined.signals`` (compliance, loss, relevance) on the unadapted model."""
+    """The forward-only signals of ``combined.signals`` (compliance, loss, relevance, prior) on the unadapted model."""
     from ..tokenization import score_losses
     from .relevance import answer_losses, relevance_from_losses
 
