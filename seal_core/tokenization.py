@@ -327,10 +327,6 @@ def per_sample_loss(model, batch: dict, logits_budget: int = DEFAULT_LOGITS_BUDG
     logits, forward and backward (:func:`~seal_core.head_loss.head_nll`). Differentiable. A sample
     with no target token gets NaN (0/0).
     """
-    import torch
-
-    from .head_loss import head_nll
-
     m, backbone, head = _backbone_and_head(model)
     device = next(head.parameters()).device
     input_ids = batch["input_ids"].to(device)
@@ -340,13 +336,25 @@ def per_sample_loss(model, batch: dict, logits_budget: int = DEFAULT_LOGITS_BUDG
         attention_mask = attention_mask.to(device)
 
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    return loss_from_hidden(m, head, hidden, labels, logits_budget)
+
+
+def loss_from_hidden(m, head, hidden, labels, logits_budget: int = DEFAULT_LOGITS_BUDGET):
+    """:func:`per_sample_loss` from the backbone's final (normed) hidden states ``[B, T, d]``, so a pass
+    that needs the hidden states for something else gets the losses without a second forward."""
+    import torch
+
+    from .head_loss import head_nll
+
+    device = hidden.device
+    labels = labels.to(device)
     next_labels = labels[:, 1:]
     keep = next_labels != IGNORE_INDEX
     rows = keep.nonzero(as_tuple=True)[0]
     h = hidden[:, :-1][keep]
     softcap = getattr(m.config, "final_logit_softcapping", None)
     nll = head_nll(head, h, next_labels[keep], softcap, logits_budget)
-    b = input_ids.shape[0]
+    b = labels.shape[0]
     total = torch.zeros(b, dtype=torch.float32, device=device).index_add(0, rows, nll)
     count = torch.zeros(b, dtype=torch.float32, device=device).index_add(
         0, rows, torch.ones_like(nll, dtype=torch.float32)

@@ -262,6 +262,13 @@ def test_combined_with_probe_equals_the_rank_average_of_its_parts(compliance_dat
     expected = rank_average([parts["seal-probe"][t.index].to_numpy(), parts["compliance"][t.index].to_numpy(),
                              parts["relevance"][t.index].to_numpy(), parts["prior"][t.index].to_numpy()], [2, 1, 1, 1])
     np.testing.assert_allclose(t["score"].to_numpy(), expected, rtol=0, atol=1e-12)
+    # Each signal's own value is a column: the same numbers the separate runs wrote as their scores.
+    assert [c for c in t.columns if c.startswith("signal_")] == [
+        "signal_probe", "signal_compliance", "signal_relevance", "signal_prior"]
+    for col, part in (("probe", "seal-probe"), ("compliance", "compliance"), ("relevance", "relevance"),
+                      ("prior", "prior")):
+        np.testing.assert_allclose(t[f"signal_{col}"].to_numpy(), parts[part][t.index].to_numpy(), rtol=1e-6,
+                                   atol=1e-9)
     assert meta["compliance"]["signals"] == {"probe": 2.0, "compliance": 1.0, "relevance": 1.0, "prior": 1.0}
     assert meta["steps"] > 0 and (tmp_path / "all" / "checkpoints" / "last.safetensors").exists()
     # The probe signal moved: not every sample has the same logit.

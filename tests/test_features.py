@@ -9,8 +9,8 @@ import torch
 from seal_core.encoded import EncodedPool
 from seal_core.errors import SealError
 from seal_core.models import tiny_model
-from seal_core.ranker.features import hidden_features
-from seal_core.tokenization import IGNORE_INDEX, encode_samples
+from seal_core.ranker.features import features_and_losses, hidden_features
+from seal_core.tokenization import IGNORE_INDEX, encode_samples, score_losses
 
 
 def _conv(q, a):
@@ -85,3 +85,16 @@ def test_bad_layer_is_a_clear_error(model_tok, enc):
     model, tok = model_tok
     with pytest.raises(SealError, match="layer 3 out of range"):
         hidden_features(model, tok, enc, [3], batch_size=2)
+
+
+def test_features_and_losses_in_one_pass_equal_the_two_passes(model_tok, enc):
+    """One forward gives the probe's features and the pool's losses, as hidden_features and
+    score_losses compute them apart (combined's default signals rely on this to skip a pass)."""
+    model, tok = model_tok
+    resp, last, losses = features_and_losses(model, tok, enc, 1, batch_size=2, logits_budget=64)
+    want_resp, want_last = hidden_features(model, tok, enc, [1], batch_size=2)[1]
+    np.testing.assert_allclose(resp, want_resp, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(last, want_last, rtol=0, atol=1e-6)
+    want = score_losses(model, tok, enc, 2, progress=False)
+    assert losses.shape == (len(enc),) and np.isfinite(losses).all()
+    np.testing.assert_allclose(losses, want, rtol=1e-6)

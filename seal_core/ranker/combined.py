@@ -41,19 +41,38 @@ def rank_average(signals: Sequence[Sequence[float]], weights: Sequence[float]) -
     return sum(w * r for w, r in zip(weights, ranks)) / float(sum(weights))
 
 
-def _base_signals(cfg, model, tokenizer, pool, encoded, dist) -> tuple[dict, np.ndarray, dict]:
-    """The forward-only signals of ``combined.signals`` (compliance, loss, relevance, prior) on the unadapted model."""
+def _base_signals(cfg, model, tokenizer, pool, encoded, dist) -> tuple[dict, np.ndarray, dict, object]:
+    """The forward-only signals of ``combined.signals`` (compliance, loss, relevance, prior) on the unadapted model.
+
+    Returns ``(signals, losses, info, probe_features)``. With ``probe`` among the signals, the probe's
+    features and the pool's losses come from one pass (:func:`~.features.features_and_losses`), and
+    under ``train_on=final`` those losses are also the relevance's ``l(answer | request)``: the
+    default signals cost two passes over the pool (that one and the empty-request one), not three.
+    """
     from ..tokenization import score_losses
     from .relevance import answer_losses, relevance_from_losses
 
     wanted = set(cfg.combined.signals) if cfg.method == "combined" else {"compliance"}
-    signals, info = {}, {}
+    signals, info, probe_features = {}, {}, None
     losses = np.full(len(encoded), math.nan)
     if "compliance" in wanted:
         signals["compliance"], info = compliance_scores(cfg, model, tokenizer, pool, encoded, dist)
+    if "probe" in wanted:
+        from .features import features_and_losses
+        from .probe import probe_inputs, probe_layer
+
+        resp, last, losses = features_and_losses(model, tokenizer, encoded, probe_layer(model, cfg.probe.layer),
+                                                 cfg.score_batch_size, cfg.progress, desc="probe features and losses",
+                                                 dist=dist, logits_budget=cfg.logits_budget)
+        probe_features = probe_inputs(resp, last)
+        del resp, last
     if wanted & {"relevance", "prior"}:
+        # Under train_on=final the pool's loss is over the final answer alone: the conditional loss itself.
+        have_cond = cfg.train_on == "final" and not np.isnan(losses).all()
         cond, uncond = answer_losses(model, tokenizer, encoded, cfg.score_batch_size, cfg.progress, dist=dist,
-                                     logits_budget=cfg.logits_budget, with_request=True)
+                                     logits_budget=cfg.logits_budget, with_request=not have_cond)
+        if have_cond:
+            cond = losses
         signals["relevance"], signals["prior"] = relevance_from_losses(cond, uncond), -uncond
         if cfg.train_on == "final":
             losses = cond  # the final answer is all that carries loss: the same loss, not computed twice
@@ -62,37 +81,41 @@ def _base_signals(cfg, model, tokenizer, pool, encoded, dist) -> tuple[dict, np.
                               dist=dist, logits_budget=cfg.logits_budget)
     if "loss" in wanted:
         signals["loss"] = -losses
-    return signals, losses, info
+    return signals, losses, info, probe_features
 
 
 def rank_combined(cfg, model, tokenizer, pool, encoded, out: Path, dist=None, train_probe=None
-                  ) -> tuple[np.ndarray, np.ndarray, dict]:
-    """``method=compliance`` or ``combined`` on the ``encoded`` pool rows -> (scores, losses, info).
+                  ) -> tuple[np.ndarray, np.ndarray, dict, dict]:
+    """``method=compliance`` or ``combined`` on the ``encoded`` pool rows -> (scores, losses, info, signals).
 
     ``losses`` are the unadapted model's (NaN for ``compliance``, which never computes them).
-    ``train_probe()`` (needed when ``probe`` is a signal) trains the seal-probe selector on the
-    model as it is and returns its logits for the ``encoded`` rows. The fitted compliance layer,
-    the anchors and their per-layer leave-one-out AUROC go to ``out/compliance.json`` and one
-    printed line; ``info["signals"]`` lists the signals and weights.
+    ``train_probe(features)`` (needed when ``probe`` is a signal) trains the seal-probe selector on the
+    model as it is, from the probe features given, and returns its logits for the ``encoded`` rows.
+    The fitted compliance layer, the anchors and their per-layer leave-one-out AUROC go to
+    ``out/compliance.json`` and one printed line; ``info["signals"]`` lists the signals and weights.
+    ``signals`` maps each averaged signal's name to its values (empty for ``compliance``, whose score
+    is its one signal).
     """
-    signals, losses, info = _base_signals(cfg, model, tokenizer, pool, encoded, dist)
+    signals, losses, info, probe_features = _base_signals(cfg, model, tokenizer, pool, encoded, dist)
+    used: dict = {}
     if cfg.method == "compliance":
         scores = signals["compliance"]
     else:
         if "probe" in cfg.combined.signals:
             if train_probe is None:
                 raise SealError("combined.signals has 'probe' but no way to train it was given")
-            signals["probe"] = np.asarray(train_probe(), dtype=np.float64)
+            signals["probe"] = np.asarray(train_probe(probe_features), dtype=np.float64)
         names, w = list(cfg.combined.signals), cfg.combined.resolved_weights()
         scores = rank_average([signals[n] for n in names], w)
         info["signals"] = dict(zip(names, w))
+        used = {n: signals[n] for n in names}
     if info.get("anchors") and (dist is None or dist.is_main):
         write_json(Path(out) / "compliance.json", {k: v for k, v in info.items() if k != "signals"})
         a = info["anchors"]
         print(f"compliance: layer {info['layer']} (anchors' leave-one-out AUROC {info['loo_auroc']:.3f}; "
               f"{a['compliant_encoded']} compliant anchors from {a['compliant_source']}, {a['refusal_encoded']} "
               f"refusal anchors, {a['dropped_as_pool_rows']} dropped as pool rows)", flush=True)
-    return scores, losses, info
+    return scores, losses, info, used
 
 
 __all__ = ["normalised_ranks", "rank_average", "rank_combined"]

@@ -19,7 +19,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from ..errors import SealError
-from ..tokenization import IGNORE_INDEX, _backbone_and_head, inference, pad_token_id, scoring_passes
+from ..tokenization import (DEFAULT_LOGITS_BUDGET, IGNORE_INDEX, _backbone_and_head, inference, loss_from_hidden,
+                            pad_token_id, scoring_passes)
 
 Features = dict[int, tuple[np.ndarray, np.ndarray]]
 
@@ -71,24 +72,32 @@ def _all_reduce(arr: np.ndarray, device) -> np.ndarray:
     return t.cpu().numpy()
 
 
-def _feature_batches(model, tokenizer, encoded, wanted: list[int], batch_size: int, progress: bool, desc: str, dist):
-    """``(indices, {layer: (resp_mean, last_prompt)})`` per batch of a no-gradient pass (float32 NumPy)."""
+def _feature_batches(model, tokenizer, encoded, wanted: list[int], batch_size: int, progress: bool, desc: str, dist,
+                     logits_budget: Optional[int] = None):
+    """``(indices, {layer: (resp_mean, last_prompt)}, losses)`` per batch of a no-gradient pass (float32 NumPy).
+
+    ``losses`` is None unless ``logits_budget`` is given: then it is the batch's per-sample loss, from
+    the same forward's final hidden states (``per_sample_loss``'s values, without a second pass).
+    """
     if not len(encoded):
         raise SealError("no samples to compute features of")
     if batch_size < 1:
         raise SealError(f"batch_size must be positive, got {batch_size}")
-    _, backbone, head = _backbone_and_head(model)
+    m, backbone, head = _backbone_and_head(model)
     device = next(head.parameters()).device
     with inference(model, f"computing features with batch size {batch_size}; lower it"):
         for idx, batch in scoring_passes(encoded, batch_size, pad_token_id(tokenizer), device, dist, progress, desc):
-            hs = backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                          use_cache=False, output_hidden_states=True).hidden_states
+            res = backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           use_cache=False, output_hidden_states=True)
+            hs = res.hidden_states
             out = {}
             for l in wanted:
                 r, p = _reduce(hs[l], batch["labels"], batch["attention_mask"])
                 out[l] = (r.cpu().numpy(), p.cpu().numpy())
-            del hs
-            yield idx, out
+            losses = (loss_from_hidden(m, head, res.last_hidden_state, batch["labels"], logits_budget)
+                      .float().cpu().numpy() if logits_budget is not None else None)
+            del hs, res
+            yield idx, out, losses
 
 
 def hidden_features(model, tokenizer, encoded: list, layers: Optional[Sequence[int]], batch_size: int,
@@ -106,7 +115,7 @@ def hidden_features(model, tokenizer, encoded: list, layers: Optional[Sequence[i
     d, n = int(m.config.hidden_size), len(encoded)
     resp = {l: np.zeros((n, d), dtype=np.float32) for l in wanted}
     last = {l: np.zeros((n, d), dtype=np.float32) for l in wanted}
-    for idx, feats in _feature_batches(model, tokenizer, encoded, wanted, batch_size, progress, desc, dist):
+    for idx, feats, _ in _feature_batches(model, tokenizer, encoded, wanted, batch_size, progress, desc, dist):
         for l, (r, p) in feats.items():
             resp[l][idx], last[l][idx] = r, p
     if dist is not None and dist.enabled:
@@ -127,11 +136,35 @@ def projected_features(model, tokenizer, encoded, layer: int,
     (wanted,) = resolve_layers(model, [layer])
     _, _, head = _backbone_and_head(model)
     out = np.zeros(len(encoded), dtype=np.float64)
-    for idx, feats in _feature_batches(model, tokenizer, encoded, [wanted], batch_size, progress, desc, dist):
+    for idx, feats, _ in _feature_batches(model, tokenizer, encoded, [wanted], batch_size, progress, desc, dist):
         out[idx] = fn(*feats[wanted])
     if dist is not None and dist.enabled:
         out = _all_reduce(out, next(head.parameters()).device)
     return out
 
 
-__all__ = ["Features", "hidden_features", "num_hidden_layers", "projected_features", "resolve_layers"]
+def features_and_losses(model, tokenizer, encoded, layer: int, batch_size: int, progress: bool = False,
+                        desc: str = "features and losses", dist=None,
+                        logits_budget: int = DEFAULT_LOGITS_BUDGET) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(resp_mean [N, d], last_prompt [N, d], loss [N])`` at ``layer`` from one forward pass.
+
+    The features equal :func:`hidden_features`' and the losses :func:`~seal_core.tokenization.score_losses`'
+    (same batches, same forward): a ranker that needs both pays for one pass over the pool, not two.
+    """
+    (wanted,) = resolve_layers(model, [layer])
+    m, _, head = _backbone_and_head(model)
+    device = next(head.parameters()).device
+    d, n = int(m.config.hidden_size), len(encoded)
+    resp, last = np.zeros((n, d), dtype=np.float32), np.zeros((n, d), dtype=np.float32)
+    losses = np.zeros(n, dtype=np.float64)
+    for idx, feats, batch_losses in _feature_batches(model, tokenizer, encoded, [wanted], batch_size, progress, desc,
+                                                     dist, logits_budget):
+        resp[idx], last[idx] = feats[wanted]
+        losses[idx] = batch_losses
+    if dist is not None and dist.enabled:
+        # Every row was filled by exactly one rank, zeros elsewhere: the sum is the whole array.
+        resp, last, losses = (_all_reduce(a, device) for a in (resp, last, losses))
+    return resp, last, losses
+
+
+__all__ = ["Features", "features_and_losses", "hidden_features", "num_hidden_layers", "projected_features", "resolve_layers"]

@@ -142,15 +142,22 @@ class ProbeSelector:
         self._z = None
 
 
-def probe_selector(cfg: RankConfig, model, tokenizer, pool_enc: list, dist=None) -> ProbeSelector:
+def probe_selector(cfg: RankConfig, model, tokenizer, pool_enc: list, dist=None,
+                   features: Optional[np.ndarray] = None) -> ProbeSelector:
     """The seal-probe selector of ``pool_enc``: its features computed once, with the model as it is now.
 
     Called before training moves the model (LoRA's B starts at 0), so these are the base model's.
+    ``features`` (:func:`probe_inputs` at ``probe.layer``, rows in ``pool_enc``'s order) skips the pass:
+    ``method=combined`` computes them in the pass that also gives its losses.
     """
     layer = probe_layer(model, cfg.probe.layer)
-    resp, last = hidden_features(model, tokenizer, pool_enc, [layer], cfg.score_batch_size, cfg.progress,
-                                 desc="probe features", dist=dist)[layer]
-    return ProbeSelector(probe_inputs(resp, last), cfg, layer, next(model.parameters()).device)
+    if features is None:
+        resp, last = hidden_features(model, tokenizer, pool_enc, [layer], cfg.score_batch_size, cfg.progress,
+                                     desc="probe features", dist=dist)[layer]
+        features = probe_inputs(resp, last)
+    elif features.shape[0] != len(pool_enc):
+        raise SealError(f"probe features have {features.shape[0]} rows for {len(pool_enc)} pool samples")
+    return ProbeSelector(features, cfg, layer, next(model.parameters()).device)
 
 
 def export_selector(run_dir: Path, cfg: RankConfig, model_id: str, dtype: str = "") -> Path:

@@ -45,7 +45,8 @@ def rank(cfg: RankConfig, resume: bool = False, on_progress: Optional[ProgressFn
                               launched=lambda: Path(cfg.out) / "scores.parquet")
 
 
-def _train_bilevel(cfg: RankConfig, model, tok, enc, out: Path, resume: bool, on_progress, dist: Dist, meta: dict):
+def _train_bilevel(cfg: RankConfig, model, tok, enc, out: Path, resume: bool, on_progress, dist: Dist, meta: dict,
+                  probe_features=None):
     """The bilevel loop (seal, seal-penalty, seal-probe) on the encoded pool; records the run in ``meta``."""
     from ..tokenization import encode_samples
 
@@ -54,7 +55,8 @@ def _train_bilevel(cfg: RankConfig, model, tok, enc, out: Path, resume: bool, on
     safe_enc, safe_dropped = encode_samples(tok, safe, cfg.max_length, cfg.train_on, cfg.truncation)
     if not safe_enc:
         raise SealError(f"no safe-set sample fits max_length={cfg.max_length}")
-    state = train_seal(cfg, model, tok, enc, safe_enc, out, resume=resume, on_progress=on_progress, dist=dist)
+    state = train_seal(cfg, model, tok, enc, safe_enc, out, resume=resume, on_progress=on_progress, dist=dist,
+                       probe_features=probe_features)
     if not state.completed and dist.is_main:
         print(f"stopped after {state.steps} steps (max_steps); checkpoint saved, resume with --resume")
     meta.update(steps=state.steps, completed=state.completed, safe_dropped=len(safe_dropped))
@@ -75,6 +77,7 @@ def _rank(cfg: RankConfig, out: Path, resume: bool, on_progress: Optional[Progre
         save_resolved_config(out, cfg)
 
     weights = losses = None
+    signals: dict[str, np.ndarray] = {}
     dropped: list[dict] = []
     if cfg.method == "random":
         from .baselines import random_scores
@@ -112,15 +115,18 @@ def _rank(cfg: RankConfig, out: Path, resume: bool, on_progress: Optional[Progre
         elif cfg.method in ("compliance", "combined"):
             from .combined import rank_combined
 
-            def train_probe():
+            def train_probe(features=None):
                 # The bilevel loop of method=seal-probe, on the model the forward-only signals just used.
                 state = _train_bilevel(replace(cfg, method="seal-probe"), model, tok, enc, out, resume, on_progress,
-                                       dist, meta)
+                                       dist, meta, probe_features=features)
                 return state.z.cpu().numpy()
 
             scores, losses = np.full(len(ids), math.nan), np.full(len(ids), math.nan)
-            scores[pos], losses[pos], meta["compliance"] = rank_combined(cfg, model, tok, pool, enc, out, dist,
-                                                                         train_probe)
+            scores[pos], losses[pos], meta["compliance"], found = rank_combined(cfg, model, tok, pool, enc, out, dist,
+                                                                                train_probe)
+            for name, values in found.items():
+                signals[name] = np.full(len(ids), math.nan)
+                signals[name][pos] = values
             meta["inputs"].update({k: {"path": getattr(cfg, k), "fingerprint": _fingerprint(getattr(cfg, k))}
                                    for k in ("safe", "anchors") if getattr(cfg, k)})
         else:
@@ -147,4 +153,4 @@ def _rank(cfg: RankConfig, out: Path, resume: bool, on_progress: Optional[Progre
         weights = softmax_weights(scores)
     meta["dropped"] = len(dropped)
     meta["wall_seconds"] = round(time.time() - t0, 2)
-    return write_scores(out / "scores.parquet", ids, scores, weights, losses, meta)
+    return write_scores(out / "scores.parquet", ids, scores, weights, losses, meta, signals)

@@ -3,8 +3,10 @@
 Columns: ``sample_id``, ``score`` (higher means keep), ``rank`` (1 = best),
 ``weight`` (the ranker's sample weight; for baselines, the score mapped to a
 weight) and ``loss`` (per-sample loss under the final model, NaN where a method
-has none). Ranks break ties by ``sample_id`` so selection is exact and
-reproducible.
+has none). ``method=combined`` adds one ``signal_<name>`` column per signal it
+averaged (the signal's own value, higher = keep), so a user can see which signal
+dropped a sample and re-weight without rescoring. Ranks break ties by
+``sample_id`` so selection is exact and reproducible.
 """
 
 from __future__ import annotations
@@ -47,7 +49,9 @@ def build_scores_table(
     scores: Sequence[float],
     weights: Sequence[float] | None = None,
     losses: Sequence[float] | None = None,
+    signals: dict[str, Sequence[float]] | None = None,
 ) -> pa.Table:
+    """The scores table, best first; ``signals`` become ``signal_<name>`` float64 columns after ``loss``."""
     n = len(sample_ids)
     if len(set(sample_ids)) != n:
         raise ValueError("sample_ids must be unique")
@@ -58,7 +62,7 @@ def build_scores_table(
     weights = np.asarray(weights if weights is not None else np.full(n, np.nan), dtype=np.float64)
     losses = np.asarray(losses if losses is not None else np.full(n, np.nan), dtype=np.float64)
     # Stored best-first so `head()` in pandas/DuckDB shows the kept samples.
-    return pa.table(
+    table = pa.table(
         {
             "sample_id": pa.array([sample_ids[i] for i in order], pa.string()),
             "score": pa.array(scores[order]),
@@ -68,6 +72,12 @@ def build_scores_table(
         },
         schema=SCORES_SCHEMA,
     )
+    for name, values in (signals or {}).items():
+        v = np.asarray(values, dtype=np.float64)
+        if v.shape != (n,):
+            raise ValueError(f"signal {name!r} has {v.size} values for {n} samples")
+        table = table.append_column(pa.field(f"signal_{name}", pa.float64()), pa.array(v[order]))
+    return table
 
 
 def softmax_weights(scores: Sequence[float]) -> np.ndarray:
@@ -87,10 +97,11 @@ def write_scores(
     weights: Sequence[float] | None = None,
     losses: Sequence[float] | None = None,
     metadata: dict[str, Any] | None = None,
+    signals: dict[str, Sequence[float]] | None = None,
 ) -> Path:
     """Write ``scores.parquet`` atomically; ``metadata`` (resolved config, model id,
     input fingerprints) goes into the Parquet key-value metadata as JSON under ``seal``."""
-    table = build_scores_table(sample_ids, scores, weights, losses)
+    table = build_scores_table(sample_ids, scores, weights, losses, signals)
     kv = {METADATA_KEY: json.dumps(metadata or {}, sort_keys=True, default=str)}
     return write_parquet(path, table, kv)
 

@@ -260,8 +260,11 @@ def bilevel_step(learners: _Learners, data: _Data, state: SealLoopState, idx: li
 
 
 def train_seal(cfg: RankConfig, model, tokenizer, pool_enc: list, safe_enc: list, out_dir: Path,
-               resume: bool = False, on_progress: Optional[ProgressFn] = None, dist: Dist = Dist()) -> SealState:
+               resume: bool = False, on_progress: Optional[ProgressFn] = None, dist: Dist = Dist(),
+               probe_features=None) -> SealState:
     """Run the bilevel loop; ``pool_enc`` must be sorted by ``sample_id``.
+
+    ``probe_features`` (seal-probe): the selector's input features, when the caller already has them.
 
     Returns the selector and the LoRA-adapted model. Checkpoints go to
     ``out_dir/checkpoints/last.safetensors`` every ``cfg.checkpoint_every`` steps, at every epoch end
@@ -291,7 +294,7 @@ def train_seal(cfg: RankConfig, model, tokenizer, pool_enc: list, safe_enc: list
     if cfg.method == "seal-probe":  # logits from a network over frozen features (LoRA's B is still 0)
         from .probe import probe_selector
 
-        learners.selector = probe_selector(cfg, model, tokenizer, pool_enc, dist)
+        learners.selector = probe_selector(cfg, model, tokenizer, pool_enc, dist, probe_features)
     ck = run.restore(resume)
     if ck is not None:
         learners.load_checkpoint(ck)
