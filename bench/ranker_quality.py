@@ -344,6 +344,8 @@ def forward_tokens(method: str, cfg: dict, pool: list[int], safe: list[int], anc
         total += p if "loss" in signals and not {"relevance", "prior"} & set(signals) else 0.0
         if "probe" in signals:
             total += forward_tokens("seal-probe", cfg, pool, safe, anchors) - p  # no final-loss pass
+            if {"relevance", "prior"} & set(signals) and cfg.get("train_on", "final") == "final":
+                total -= p  # the probe's feature pass also gives l(answer | request)
         return total
     steps = -(-len(pool) // cfg["batch_size"]) * cfg["epochs"]
     safe_per_step = cfg["safe_batch_size"] * float(np.mean(safe))

@@ -294,9 +294,32 @@ def _label_section(sc: _Scores, labels: str | os.PathLike, id_field: str, src: A
     return out, lab_stats, sample_labels
 
 
+def _signal_ranks(sc: _Scores) -> dict[str, np.ndarray]:
+    """``{name: normalised rank in (0, 1]}`` of each ``signal_<name>`` column (``method=combined``).
+
+    The rank is what the combined score averages, so it says which signal put a sample where it is.
+    """
+    from .ranker.combined import normalised_ranks
+
+    names = [c for c in sc.schema.names if c.startswith("signal_")]
+    if not names:
+        return {}
+    try:
+        t = pq.read_table(sc.path, columns=["sample_id", *names])
+    except (OSError, pa.ArrowInvalid) as e:
+        raise InputError(f"cannot read scores file {sc.path}: {e}") from None
+    if not t.column("sample_id").combine_chunks().equals(sc.ids):
+        raise InputError(f"{sc.path}: the signal columns' rows changed while reading")
+    return {c[len("signal_"):]: normalised_ranks(pc.fill_null(t.column(c).cast(pa.float64()), math.nan).to_numpy())
+            for c in names}
+
+
 def _extremes(sc: _Scores, top: int, src: Any, sample_labels: Optional[np.ndarray],
-              text_width: int) -> tuple[list[str], dict[str, list]]:
-    """The ``top`` best and worst samples: exact rank order (score desc, sample_id asc) among the candidates only."""
+              text_width: int, signals: Optional[dict[str, np.ndarray]] = None) -> tuple[list[str], dict[str, list]]:
+    """The ``top`` best and worst samples: exact rank order (score desc, sample_id asc) among the candidates only.
+
+    ``signals`` (a combined ranking's per-signal ranks) are printed under each sample.
+    """
     n, ranking, ids = len(sc), sc.ranking, sc.ids
 
     def ranked(cand: np.ndarray) -> np.ndarray:
@@ -317,8 +340,13 @@ def _extremes(sc: _Scores, top: int, src: Any, sample_labels: Optional[np.ndarra
             sid = ids[int(i)].as_py()
             lab = sample_labels[i] if sample_labels is not None else None
             score = float(sc.raw[i])
-            rows.append({"rank": first_rank + j, "sample_id": sid, "score": score, "label": lab})
+            row = {"rank": first_rank + j, "sample_id": sid, "score": score, "label": lab}
             out.append(f"  #{first_rank + j:<{len(str(n))}}  {_fmt(score):>10}  {sid}" + (f"  [{lab}]" if lab else ""))
+            if signals:
+                row["signal_ranks"] = {k: float(v[i]) for k, v in signals.items()}
+                out.append("      signal ranks (0 = lowest, 1 = highest): "
+                           + "  ".join(f"{k} {v:.2f}" for k, v in row["signal_ranks"].items()))
+            rows.append(row)
             if src is not None:
                 m = msgs.get(sid)
                 out += [f"      {line}" for line in (_conversation_lines(m, text_width) if m else ["(not in the pool)"])]
@@ -366,7 +394,7 @@ def inspect_scores(
 
     top = max(0, min(top, n))
     if top:
-        lines, extremes = _extremes(sc, top, src, sample_labels, text_width)
+        lines, extremes = _extremes(sc, top, src, sample_labels, text_width, _signal_ranks(sc))
         out += lines
         stats.update(extremes)
 

@@ -129,3 +129,25 @@ def test_scores_file_opens_in_other_tools(scored):
     assert list(df.columns[:3]) == ["sample_id", "score", "rank"] and df["rank"].tolist() == list(range(1, 31))
     pl = pytest.importorskip("polars")
     assert pl.read_parquet(sc).height == 30
+
+
+def test_combined_signal_columns_show_which_signal_dropped_a_sample(tmp_path):
+    """A combined ranking's signal_<name> columns: readable in pandas, and `seal inspect` prints each
+    bottom sample's rank under every signal (here s0 is last by `prior`, top by `probe`)."""
+    from seal_core.ranker.combined import rank_average
+
+    ids = [f"s{i}" for i in range(6)]
+    probe = [5.0, 1.0, 2.0, 3.0, 4.0, 0.0]
+    prior = [-9.0, -1.0, -2.0, -3.0, -4.0, -5.0]
+    score = rank_average([probe, prior], [1.0, 1.0])
+    path = write_scores(tmp_path / "scores.parquet", ids, score, None, None, {"method": "combined"},
+                        {"probe": probe, "prior": prior})
+    t = pd.read_parquet(path).set_index("sample_id")
+    assert list(t.columns) == ["score", "rank", "weight", "loss", "signal_probe", "signal_prior"]
+    assert t.loc["s0", "signal_prior"] == -9.0 and t.loc["s5", "signal_probe"] == 0.0
+    report = inspect_scores(path, top=2)
+    bottom = {r["sample_id"]: r["signal_ranks"] for r in report.stats["bottom"]}
+    assert bottom["s0"] == pytest.approx({"probe": 1.0, "prior": 1 / 6})
+    assert "signal ranks (0 = lowest, 1 = highest): probe 1.00  prior 0.17" in report.text
+    with pytest.raises(ValueError, match="2 values for 6 samples"):
+        write_scores(tmp_path / "bad.parquet", ids, score, signals={"probe": [1.0, 2.0]})
