@@ -162,3 +162,21 @@ def test_probe_config_checks():
         from_dict(RankConfig, {"method": "seal-probe", "probe": {"layer": -2}})
     with pytest.raises(ConfigError, match="probe.hidden"):
         from_dict(RankConfig, {"probe": {"hidden": -1}})
+
+
+def test_answer_only_probe_reads_half_the_features_and_scores_unseen_rows_alike(toy, run_dir, tmp_path):
+    """probe.features=answer: the selector takes the answer's mean state alone (d inputs, not 2d), the
+    run records it, and `seal score` computes the same inputs (same per-id scores on a reordered pool)."""
+    out = tmp_path / "answer"
+    rank(_cfg(toy, out, epochs=1, probe={"features": "answer"}))
+    meta = json.loads((out / "selector.json").read_text())
+    assert meta["features"] == ["resp_mean"] and meta["in_dim"] == meta["feature_dim"] == 64
+    pool = _write_jsonl(tmp_path / "reordered.jsonl", list(reversed(toy["pool_rows"])))
+    got = _scores(score(ScoreConfig(ranker=str(out), pool=pool, out=str(tmp_path / "s"), progress=False)))
+    want = _scores(out / "scores.parquet")
+    np.testing.assert_allclose(got.loc[want.index, "score"], want["score"], atol=1e-5)
+    assert want["score"].std() > 0
+    both = json.loads((run_dir / "selector.json").read_text())
+    assert both["features"] == ["resp_mean", "last_prompt"] and both["in_dim"] == 2 * both["feature_dim"]
+    with pytest.raises(ConfigError, match="probe.features"):
+        from_dict(RankConfig, {"probe": {"features": "prompt"}})

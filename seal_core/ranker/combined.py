@@ -64,7 +64,7 @@ def _base_signals(cfg, model, tokenizer, pool, encoded, dist) -> tuple[dict, np.
         resp, last, losses = features_and_losses(model, tokenizer, encoded, probe_layer(model, cfg.probe.layer),
                                                  cfg.score_batch_size, cfg.progress, desc="probe features and losses",
                                                  dist=dist, logits_budget=cfg.logits_budget)
-        probe_features = probe_inputs(resp, last)
+        probe_features = probe_inputs(resp, last, cfg.probe.features)
         del resp, last
     if wanted & {"relevance", "prior"}:
         # Under train_on=final the pool's loss is over the final answer alone: the conditional loss itself.

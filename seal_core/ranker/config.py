@@ -180,6 +180,10 @@ class CombinedConfig:
         return [float(w) for w in self.weights] if self.weights else [1.0] * len(self.signals)
 
 
+# What each probe.features setting feeds the selector, in order (hidden_features' two readings).
+PROBE_FEATURES = {"answer_and_prompt": ("resp_mean", "last_prompt"), "answer": ("resp_mean",)}
+
+
 @dataclass
 class ProbeConfig:
     layer: int = field(
@@ -201,8 +205,17 @@ class ProbeConfig:
                   "|h|^2 ~ D; Adam moves every coordinate by ~lr, D of them with mixed signs)."},
     )
     weight_decay: float = field(default=0.0, metadata={"help": "Weight decay of the selector network."})
+    features: Literal["answer_and_prompt", "answer"] = field(
+        default="answer_and_prompt",
+        metadata={"help": "What the selector reads at probe.layer: 'answer_and_prompt' (default) the mean hidden "
+                  "state over the answer tokens and the state at the last prompt token; 'answer' the answer's "
+                  "mean alone, so the selector cannot key on the request's topic (which drops refusals of "
+                  "harmful requests with the harmful answers)."},
+    )
 
     def __post_init__(self):
+        if self.features not in PROBE_FEATURES:
+            raise ConfigError(f"probe.features must be one of {', '.join(PROBE_FEATURES)}; got {self.features!r}")
         if self.layer < -1:
             raise ConfigError(f"probe.layer must be >= 0, or -1 for the middle layer; got {self.layer}")
         if self.hidden < 0:

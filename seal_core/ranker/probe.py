@@ -26,7 +26,7 @@ import torch
 
 from ..errors import SealError
 from ..io import atomic_path, write_json
-from .config import RankConfig, SelectorConfig
+from .config import PROBE_FEATURES, RankConfig, SelectorConfig
 from .features import hidden_features, num_hidden_layers
 from .selector import UPDATES, selector_weights
 
@@ -66,8 +66,10 @@ def probe_layer(model, layer: int) -> int:
     return layer
 
 
-def probe_inputs(resp_mean: np.ndarray, last_prompt: np.ndarray) -> np.ndarray:
-    return np.concatenate([resp_mean, last_prompt], axis=1).astype(np.float32)
+def probe_inputs(resp_mean: np.ndarray, last_prompt: np.ndarray, features: str = "answer_and_prompt") -> np.ndarray:
+    """The selector's input rows: the readings ``probe.features`` names, concatenated (float32)."""
+    parts = {"resp_mean": resp_mean, "last_prompt": last_prompt}
+    return np.concatenate([parts[k] for k in PROBE_FEATURES[features]], axis=1).astype(np.float32)
 
 
 def probe_lr(probe_cfg, sel_cfg: SelectorConfig, in_dim: int) -> float:
@@ -88,6 +90,7 @@ class ProbeSelector:
     def __init__(self, features: np.ndarray, cfg: RankConfig, layer: int, device):
         self.cfg = cfg.selector
         self.layer = layer
+        self.features = cfg.probe.features
         x = torch.as_tensor(features, dtype=torch.float32)
         self.mean = x.mean(0)
         self.std = x.std(0, unbiased=False).clamp_min(_STD_FLOOR)
@@ -127,14 +130,16 @@ class ProbeSelector:
         return {"z": self.z.cpu(), **self.rule.state_dict(), "opt": {"selector": self.opt.state_dict()},
                 "probe": {"net": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
                           "mean": self.mean, "std": self.std, "layer": self.layer, "hidden": self.net.hidden,
-                          "lr": self.lr}}
+                          "lr": self.lr, "features": self.features}}
 
     def load_checkpoint(self, ck: dict) -> None:
         p = ck.get("probe")
         if p is None:
             raise SealError("the checkpoint holds no seal-probe selector; rerun without --resume")
-        if p["layer"] != self.layer or not torch.allclose(p["mean"], self.mean, atol=1e-4, rtol=1e-4):
-            raise SealError("the checkpoint's selector was trained on other features (layer or model differ); "
+        if (p["layer"] != self.layer or p["mean"].shape != self.mean.shape
+                or not torch.allclose(p["mean"], self.mean, atol=1e-4, rtol=1e-4)):
+            raise SealError("the checkpoint's selector was trained on other features (layer, probe.features or "
+                            "model differ); "
                             "rerun without --resume")
         self.net.load_state_dict({k: v.to(self.h.device) for k, v in p["net"].items()})
         self.opt.load_state_dict(ck["opt"]["selector"])
@@ -154,7 +159,7 @@ def probe_selector(cfg: RankConfig, model, tokenizer, pool_enc: list, dist=None,
     if features is None:
         resp, last = hidden_features(model, tokenizer, pool_enc, [layer], cfg.score_batch_size, cfg.progress,
                                      desc="probe features", dist=dist)[layer]
-        features = probe_inputs(resp, last)
+        features = probe_inputs(resp, last, cfg.probe.features)
     elif features.shape[0] != len(pool_enc):
         raise SealError(f"probe features have {features.shape[0]} rows for {len(pool_enc)} pool samples")
     return ProbeSelector(features, cfg, layer, next(model.parameters()).device)
@@ -182,7 +187,9 @@ def export_selector(run_dir: Path, cfg: RankConfig, model_id: str, dtype: str = 
         save_file(tensors, str(tmp), metadata={"format": SELECTOR_FORMAT})
     write_json(run_dir / SELECTOR_META, {
         "format": SELECTOR_FORMAT, "layer": p["layer"], "hidden": p["hidden"], "in_dim": in_dim,
-        "features": ["resp_mean", "last_prompt"], "feature_dim": in_dim // 2, "weighting": cfg.selector.weighting,
+        "features": list(PROBE_FEATURES[p.get("features", "answer_and_prompt")]),
+        "feature_dim": in_dim // len(PROBE_FEATURES[p.get("features", "answer_and_prompt")]),
+        "weighting": cfg.selector.weighting,
         "model": cfg.model, "model_id": model_id, "seed": cfg.seed, "dtype": dtype or cfg.dtype, "max_length": cfg.max_length,
         "train_on": cfg.train_on, "truncation": cfg.truncation, "steps": checkpoint["step"],
     })
@@ -196,7 +203,11 @@ class TrainedProbe:
         self.meta, self.net, self.mean, self.std = meta, net, mean, std
 
     def logits(self, resp_mean: np.ndarray, last_prompt: np.ndarray) -> np.ndarray:
-        x = torch.as_tensor(probe_inputs(resp_mean, last_prompt))
+        names = tuple(self.meta.get("features", PROBE_FEATURES["answer_and_prompt"]))
+        kind = next((k for k, v in PROBE_FEATURES.items() if v == names), None)
+        if kind is None:
+            raise SealError(f"the selector reads features {list(names)}, which this version cannot compute")
+        x = torch.as_tensor(probe_inputs(resp_mean, last_prompt, kind))
         if x.shape[1] != self.net.in_dim:
             raise SealError(f"features have {x.shape[1]} dimensions, the selector takes {self.net.in_dim}")
         with torch.no_grad():
