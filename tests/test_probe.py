@@ -178,5 +178,10 @@ def test_answer_only_probe_reads_half_the_features_and_scores_unseen_rows_alike(
     assert want["score"].std() > 0
     both = json.loads((run_dir / "selector.json").read_text())
     assert both["features"] == ["resp_mean", "last_prompt"] and both["in_dim"] == 2 * both["feature_dim"]
+    # A selector.json naming readings this version cannot compute is refused when read, not mid-pass.
+    meta["features"] = ["resp_max"]
+    (out / "selector.json").write_text(json.dumps(meta))
+    with pytest.raises(SealError, match=r"not a readable seal-probe selector \(features \['resp_max'\]"):
+        load_trained_probe(out)
     with pytest.raises(ConfigError, match="probe.features"):
         from_dict(RankConfig, {"probe": {"features": "prompt"}})

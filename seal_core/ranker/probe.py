@@ -139,8 +139,7 @@ class ProbeSelector:
         if (p["layer"] != self.layer or p["mean"].shape != self.mean.shape
                 or not torch.allclose(p["mean"], self.mean, atol=1e-4, rtol=1e-4)):
             raise SealError("the checkpoint's selector was trained on other features (layer, probe.features or "
-                            "model differ); "
-                            "rerun without --resume")
+                            "model differ); rerun without --resume")
         self.net.load_state_dict({k: v.to(self.h.device) for k, v in p["net"].items()})
         self.opt.load_state_dict(ck["opt"]["selector"])
         self.rule.load_state_dict(ck)
@@ -183,13 +182,12 @@ def export_selector(run_dir: Path, cfg: RankConfig, model_id: str, dtype: str = 
     tensors = {f"net.{k}": v.contiguous() for k, v in p["net"].items()}
     tensors.update(feature_mean=p["mean"].contiguous(), feature_std=p["std"].contiguous())
     in_dim = int(p["mean"].numel())
+    readings = PROBE_FEATURES[p.get("features", "answer_and_prompt")]
     with atomic_path(run_dir / SELECTOR_WEIGHTS) as tmp:
         save_file(tensors, str(tmp), metadata={"format": SELECTOR_FORMAT})
     write_json(run_dir / SELECTOR_META, {
         "format": SELECTOR_FORMAT, "layer": p["layer"], "hidden": p["hidden"], "in_dim": in_dim,
-        "features": list(PROBE_FEATURES[p.get("features", "answer_and_prompt")]),
-        "feature_dim": in_dim // len(PROBE_FEATURES[p.get("features", "answer_and_prompt")]),
-        "weighting": cfg.selector.weighting,
+        "features": list(readings), "feature_dim": in_dim // len(readings), "weighting": cfg.selector.weighting,
         "model": cfg.model, "model_id": model_id, "seed": cfg.seed, "dtype": dtype or cfg.dtype, "max_length": cfg.max_length,
         "train_on": cfg.train_on, "truncation": cfg.truncation, "steps": checkpoint["step"],
     })
@@ -199,15 +197,11 @@ def export_selector(run_dir: Path, cfg: RankConfig, model_id: str, dtype: str = 
 class TrainedProbe:
     """A trained selector read back from a run directory: ``meta`` (``selector.json``) and ``f_phi``."""
 
-    def __init__(self, meta: dict, net: ProbeNet, mean: torch.Tensor, std: torch.Tensor):
-        self.meta, self.net, self.mean, self.std = meta, net, mean, std
+    def __init__(self, meta: dict, net: ProbeNet, mean: torch.Tensor, std: torch.Tensor, features: str):
+        self.meta, self.net, self.mean, self.std, self.features = meta, net, mean, std, features
 
     def logits(self, resp_mean: np.ndarray, last_prompt: np.ndarray) -> np.ndarray:
-        names = tuple(self.meta.get("features", PROBE_FEATURES["answer_and_prompt"]))
-        kind = next((k for k, v in PROBE_FEATURES.items() if v == names), None)
-        if kind is None:
-            raise SealError(f"the selector reads features {list(names)}, which this version cannot compute")
-        x = torch.as_tensor(probe_inputs(resp_mean, last_prompt, kind))
+        x = torch.as_tensor(probe_inputs(resp_mean, last_prompt, self.features))
         if x.shape[1] != self.net.in_dim:
             raise SealError(f"features have {x.shape[1]} dimensions, the selector takes {self.net.in_dim}")
         with torch.no_grad():
@@ -242,6 +236,11 @@ def load_trained_probe(run_dir: str | Path) -> TrainedProbe:
             raise ValueError(f"format {meta.get('format')!r}, expected {SELECTOR_FORMAT!r}")
         with safe_open(str(weights_path), framework="pt", device="cpu") as fh:
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+        # selector.json names the readings; files from before probe.features read both.
+        names = tuple(meta.get("features", PROBE_FEATURES["answer_and_prompt"]))
+        features = next((k for k, v in PROBE_FEATURES.items() if v == names), None)
+        if features is None:
+            raise ValueError(f"features {list(names)}, which this version cannot compute")
         net = ProbeNet(int(meta["in_dim"]), int(meta["hidden"]))
         net.load_state_dict({k[len("net."):]: v for k, v in tensors.items() if k.startswith("net.")})
         mean, std = tensors["feature_mean"], tensors["feature_std"]
@@ -249,7 +248,7 @@ def load_trained_probe(run_dir: str | Path) -> TrainedProbe:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise SealError(f"{weights_path}: not a readable seal-probe selector ({reason})") from None
     net.eval()
-    return TrainedProbe(meta, net, mean, std)
+    return TrainedProbe(meta, net, mean, std, features)
 
 
 __all__ = ["ProbeNet", "ProbeSelector", "TrainedProbe", "probe_selector", "probe_layer", "probe_inputs",
