@@ -339,11 +339,9 @@ def per_sample_loss(model, batch: dict, logits_budget: int = DEFAULT_LOGITS_BUDG
     return loss_from_hidden(m, head, hidden, labels, logits_budget)
 
 
-def loss_from_hidden(m, head, hidden, labels, logits_budget: int = DEFAULT_LOGITS_BUDGET):
-    """:func:`per_sample_loss` from the backbone's final (normed) hidden states ``[B, T, d]``, so a pass
-    that needs the hidden states for something else gets the losses without a second forward."""
-    import torch
-
+def token_nll_from_hidden(m, head, hidden, labels, logits_budget: int = DEFAULT_LOGITS_BUDGET):
+    """``(nll [K], rows [K])``: each target token's next-token NLL from the backbone's final hidden
+    states ``[B, T, d]``, row-major (a row's tokens together, in position order), and its batch row."""
     from .head_loss import head_nll
 
     device = hidden.device
@@ -351,19 +349,87 @@ def loss_from_hidden(m, head, hidden, labels, logits_budget: int = DEFAULT_LOGIT
     next_labels = labels[:, 1:]
     keep = next_labels != IGNORE_INDEX
     rows = keep.nonzero(as_tuple=True)[0]
-    h = hidden[:, :-1][keep]
     softcap = getattr(m.config, "final_logit_softcapping", None)
-    nll = head_nll(head, h, next_labels[keep], softcap, logits_budget)
+    return head_nll(head, hidden[:, :-1][keep], next_labels[keep], softcap, logits_budget), rows
+
+
+def loss_from_hidden(m, head, hidden, labels, logits_budget: int = DEFAULT_LOGITS_BUDGET):
+    """:func:`per_sample_loss` from the backbone's final (normed) hidden states ``[B, T, d]``, so a pass
+    that needs the hidden states for something else gets the losses without a second forward."""
+    import torch
+
+    nll, rows = token_nll_from_hidden(m, head, hidden, labels, logits_budget)
     b = labels.shape[0]
-    total = torch.zeros(b, dtype=torch.float32, device=device).index_add(0, rows, nll)
-    count = torch.zeros(b, dtype=torch.float32, device=device).index_add(
+    total = torch.zeros(b, dtype=torch.float32, device=hidden.device).index_add(0, rows, nll.float())
+    count = torch.zeros(b, dtype=torch.float32, device=hidden.device).index_add(
         0, rows, torch.ones_like(nll, dtype=torch.float32)
     )
     return total / count
 
 
+class TokenNLL:
+    """Per-token NLLs of a pool's predicted target tokens in one flat float32 buffer.
+
+    Row ``i``'s tokens are ``values[offsets[i]:offsets[i + 1]]`` in position order. A pool of 1M
+    answers of ~300 tokens holds ~1.2 GB here; statistics that need token-level alignment between
+    two passes (:mod:`seal_core.ranker.relevance`'s standard error) cannot be had from per-row sums.
+    """
+
+    def __init__(self, offsets, values):
+        import numpy as np
+
+        self.offsets = np.asarray(offsets, dtype=np.int64)
+        self.values = np.asarray(values, dtype=np.float32)
+        if len(self.offsets) < 1 or self.offsets[0] != 0 or self.offsets[-1] != len(self.values):
+            raise ValueError("TokenNLL offsets disagree with its values")
+
+    @classmethod
+    def empty_for(cls, encoded) -> "TokenNLL":
+        """Zeros shaped for ``encoded`` (an :class:`~seal_core.encoded.EncodedPool`): one slot per target
+        token after a row's first position (position 0 is never predicted)."""
+        import numpy as np
+
+        target = encoded.target.astype(np.int64)
+        cs = np.concatenate([[0], np.cumsum(target)])
+        starts, ends = encoded.offsets[:-1], encoded.offsets[1:]
+        nonempty = ends > starts
+        first = np.zeros(len(starts), dtype=np.int64)
+        first[nonempty] = target[starts[nonempty]]
+        counts = cs[ends] - cs[starts] - first
+        offsets = np.zeros(len(counts) + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        return cls(offsets, np.zeros(int(offsets[-1]), dtype=np.float32))
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def row(self, i: int):
+        return self.values[self.offsets[i]: self.offsets[i + 1]]
+
+    def fill(self, idx, nll, rows) -> None:
+        """Place one batch's ``token_nll_from_hidden`` output (batch rows ``idx`` of the pool)."""
+        import numpy as np
+
+        nll, rows = nll.float().cpu().numpy(), rows.cpu().numpy()
+        counts = np.bincount(rows, minlength=len(idx))
+        for r, (i, chunk) in enumerate(zip(idx, np.split(nll, np.cumsum(counts)[:-1]))):
+            lo, hi = self.offsets[i], self.offsets[i + 1]
+            if hi - lo != len(chunk):
+                raise SealError(f"row {i}: {len(chunk)} scored target tokens where its encoding has {hi - lo}")
+            self.values[lo:hi] = chunk
+
+    def all_reduce(self, device) -> None:
+        """Every row was filled by exactly one rank, zeros elsewhere: the sum is the whole buffer."""
+        import torch
+        import torch.distributed as tdist
+
+        t = torch.from_numpy(self.values).to(device)
+        tdist.all_reduce(t)
+        self.values = t.cpu().numpy()
+
+
 def score_losses(model, tokenizer, encoded: list, batch_size: int, progress: bool = True, desc: str = "score",
-                 dist=None, logits_budget: int = DEFAULT_LOGITS_BUDGET):
+                 dist=None, logits_budget: int = DEFAULT_LOGITS_BUDGET, token_nll: bool = False):
     """Per-sample loss of each encoded sample, in input order, as a float64 NumPy array.
 
     No gradient. Samples are sorted by length and batched by tokens: every batch pads to at most
@@ -371,15 +437,27 @@ def score_losses(model, tokenizer, encoded: list, batch_size: int, progress: boo
     time and shorter ones more at once, for the same peak memory.
     Under torch.distributed (``dist``: a :class:`~seal_core.training.Dist`) each rank scores
     every ``world_size``-th batch and every rank returns the whole array.
+    ``token_nll=True`` (``encoded`` an :class:`~seal_core.encoded.EncodedPool`) returns
+    ``(losses, TokenNLL)``: every target token's NLL as well, from the same pass.
     """
     import numpy as np
     import torch
 
     device = next(model.parameters()).device
     out = np.full(len(encoded), np.nan)
+    tokens = TokenNLL.empty_for(encoded) if token_nll else None
+    m, backbone, head = _backbone_and_head(model)
     with inference(model, f"scoring with batch size {batch_size}; lower score_batch_size"):
         for idx, batch in scoring_passes(encoded, batch_size, pad_token_id(tokenizer), device, dist, progress, desc):
-            out[idx] = per_sample_loss(model, batch, logits_budget).float().cpu().numpy()
+            if tokens is None:
+                out[idx] = per_sample_loss(model, batch, logits_budget).float().cpu().numpy()
+                continue
+            hidden = backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                              use_cache=False).last_hidden_state
+            nll, rows = token_nll_from_hidden(m, head, hidden, batch["labels"], logits_budget)
+            tokens.fill(idx, nll, rows)
+            out[idx] = [float(tokens.row(i).astype(np.float64).mean()) if len(tokens.row(i)) else np.nan
+                        for i in idx]
     if dist is not None and dist.enabled:
         # Every sample was scored by exactly one rank: sum the owners' values, zeros elsewhere.
         mine = ~np.isnan(out)
@@ -390,11 +468,13 @@ def score_losses(model, tokenizer, encoded: list, batch_size: int, progress: boo
         scored = torch.from_numpy(mine.astype(np.float64)).to(device)
         tdist.all_reduce(scored)
         out = np.where(scored.cpu().numpy() > 0, owned.cpu().numpy(), np.nan)
-    return out
+        if tokens is not None:
+            tokens.all_reduce(device)
+    return (out, tokens) if token_nll else out
 
 
 __all__ = [
     "IGNORE_INDEX", "Encoded", "encode_messages", "encode_samples", "check_encode_options",
     "length_grouped_batches", "token_budget_batches", "scoring_passes", "inference", "pad_token_id", "collate", "DEFAULT_LOGITS_BUDGET",
-    "per_sample_loss", "score_losses",
+    "per_sample_loss", "score_losses", "loss_from_hidden", "token_nll_from_hidden", "TokenNLL",
 ]

@@ -91,10 +91,20 @@ def test_features_and_losses_in_one_pass_equal_the_two_passes(model_tok, enc):
     """One forward gives the probe's features and the pool's losses, as hidden_features and
     score_losses compute them apart (combined's default signals rely on this to skip a pass)."""
     model, tok = model_tok
-    resp, last, losses = features_and_losses(model, tok, enc, 1, batch_size=2, logits_budget=64)
+    resp, last, losses, none = features_and_losses(model, tok, enc, 1, batch_size=2, logits_budget=64)
     want_resp, want_last = hidden_features(model, tok, enc, [1], batch_size=2)[1]
     np.testing.assert_allclose(resp, want_resp, rtol=0, atol=1e-6)
     np.testing.assert_allclose(last, want_last, rtol=0, atol=1e-6)
     want = score_losses(model, tok, enc, 2, progress=False)
-    assert losses.shape == (len(enc),) and np.isfinite(losses).all()
+    assert losses.shape == (len(enc),) and np.isfinite(losses).all() and none is None
     np.testing.assert_allclose(losses, want, rtol=1e-6)
+    # With token_nll the same pass also gives every target token's NLL, as score_losses does.
+    pool = enc if isinstance(enc, EncodedPool) else EncodedPool.from_encoded(enc)
+    *_, tl, tokens = features_and_losses(model, tok, pool, 1, batch_size=2, logits_budget=64, token_nll=True)
+    want_l, want_t = score_losses(model, tok, pool, 3, progress=False, token_nll=True)
+    np.testing.assert_allclose(tl, want, rtol=1e-6)
+    np.testing.assert_allclose(want_l, want, rtol=1e-6)
+    np.testing.assert_array_equal(tokens.offsets, want_t.offsets)
+    np.testing.assert_allclose(tokens.values, want_t.values, rtol=1e-5, atol=1e-6)
+    for i in range(len(pool)):
+        assert len(tokens.row(i)) == int(pool[i].n_target_tokens) and tokens.row(i).mean() == pytest.approx(want[i], rel=1e-5)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from seal_core.encoded import EncodedPool
-from seal_core.ranker.relevance import answer_losses, empty_request_prefix, paired_encodings, relevance_from_losses
+from seal_core.ranker.relevance import answer_losses, empty_request_prefix, paired_encodings, relevance_signal
 from seal_core.tokenization import encode_samples, score_losses
 
 
@@ -49,23 +49,62 @@ def test_both_losses_cover_the_final_answer_only_and_the_same_tokens(tiny, train
     assert enc[3].truncated and cond[3].n_target_tokens < len(tok(ROWS[3]["messages"][-1]["content"])["input_ids"])
 
 
+def _token_nll(model, enc):
+    """Each row's per-target-token NLL from full logits, the plain way."""
+    import torch
+    from seal_core.tokenization import collate
+
+    out = []
+    with torch.no_grad():
+        for e in enc:
+            b = collate([e], 0)
+            lp = torch.log_softmax(model(input_ids=b["input_ids"]).logits[0, :-1].float(), -1)
+            lab = b["labels"][0, 1:]
+            m = lab >= 0
+            out.append((-lp[m].gather(-1, lab[m][:, None]).squeeze(-1)).numpy().astype(np.float64))
+    return out
+
+
 def test_answer_losses_with_and_without_the_request(tiny):
     model, tok = tiny
     enc, _ = encode_samples(tok, ROWS, 48, "final", "keep_prompt")
-    lc, lu = answer_losses(model, tok, enc, 4, progress=False)
+    al = answer_losses(model, tok, enc, 4, progress=False)
     cond, uncond = paired_encodings(EncodedPool.from_encoded(enc), empty_request_prefix(tok))
-    np.testing.assert_allclose(lc, score_losses(model, tok, enc, 4, progress=False), rtol=1e-6)
-    np.testing.assert_allclose(lu, score_losses(model, tok, uncond, 4, progress=False), rtol=1e-6)
-    assert np.isfinite(lu).all() and np.ptp(lu - lc) > 0
+    np.testing.assert_allclose(al.cond, score_losses(model, tok, enc, 4, progress=False), rtol=1e-6)
+    np.testing.assert_allclose(al.uncond, score_losses(model, tok, uncond, 4, progress=False), rtol=1e-6)
+    assert np.isfinite(al.uncond).all() and np.ptp(al.uncond - al.cond) > 0
+    # The gap's mean and standard error, token by token, against the full-logits computation.
+    for i, (c, u) in enumerate(zip(_token_nll(model, cond), _token_nll(model, uncond))):
+        gap = u - c
+        assert al.pmi_mean[i] == pytest.approx(gap.mean(), abs=1e-5)
+        assert al.pmi_mean[i] == pytest.approx(al.uncond[i] - al.cond[i], abs=1e-5)
+        assert al.pmi_se[i] == pytest.approx(gap.std(ddof=1) / np.sqrt(len(gap)), rel=1e-4, abs=1e-6)
+    # Token losses handed in from an earlier pass (combined's features pass) give the same gap.
+    _, c_tok = score_losses(model, tok, EncodedPool.from_encoded(enc), 2, progress=False, token_nll=True)
+    again = answer_losses(model, tok, enc, 4, progress=False, cond_tokens=c_tok)
+    np.testing.assert_allclose(again.pmi_mean, al.pmi_mean, atol=1e-6)
+    np.testing.assert_allclose(again.pmi_se, al.pmi_se, atol=1e-6)
     only_u = answer_losses(model, tok, enc, 4, progress=False, with_request=False)
-    assert np.isnan(only_u[0]).all()
-    np.testing.assert_allclose(only_u[1], lu, rtol=1e-6)
+    assert np.isnan(only_u.cond).all() and np.isnan(only_u.pmi_mean).all()
+    np.testing.assert_allclose(only_u.uncond, al.uncond, rtol=1e-6)
 
 
-def test_relevance_counts_only_answers_the_request_makes_less_likely():
-    cond = np.array([2.0, 3.0, 1.0, 4.0])
-    uncond = np.array([2.5, 2.0, 1.0, 3.5])
-    np.testing.assert_allclose(relevance_from_losses(cond, uncond), [0.0, -1.0, 0.0, -0.5])
+def test_relevance_counts_only_answers_the_request_makes_less_likely_beyond_the_margin():
+    mean = np.array([0.5, -1.0, 0.0, -0.5, -0.2, -0.3])
+    se = np.array([0.1, 0.2, 0.1, 0.6, 0.1, np.inf])
+    np.testing.assert_allclose(relevance_signal(mean, se, 0.0), [0.0, -1.0, 0.0, -0.5, -0.2, -0.3])
+    np.testing.assert_allclose(relevance_signal(mean, se, 1.0), [0.0, -0.8, 0.0, 0.0, -0.1, 0.0])
+    np.testing.assert_allclose(relevance_signal(mean, se, 2.0), [0.0, -0.6, 0.0, 0.0, 0.0, 0.0])
+
+
+def test_relevance_margin_is_checked():
+    from seal_core.errors import ConfigError
+    from seal_core.ranker.config import RelevanceConfig
+
+    assert RelevanceConfig().margin == 1.0
+    for bad in (-0.5, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="relevance.margin"):
+            RelevanceConfig(margin=bad)
 
 
 def test_relevance_and_prior_methods(tmp_path):
@@ -76,12 +115,20 @@ def test_relevance_and_prior_methods(tmp_path):
     pool = tmp_path / "pool.jsonl"
     pool.write_text("".join(json.dumps({"messages": r["messages"]}) + "\n" for r in ROWS))
     out = {}
-    for m in ("relevance", "prior"):
-        assert (main(["rank", "--pool", str(pool), "--out", str(tmp_path / m), "--model", "tiny-random", "--method", m,
-                      "--max-length", "48", "--no-progress"]) or 0) == 0
+    for m, extra in (("relevance", ["--set", "relevance.margin=0"]), ("prior", []), ("relevance-m1", [])):
+        method = m.split("-")[0]
+        assert (main(["rank", "--pool", str(pool), "--out", str(tmp_path / m), "--model", "tiny-random", "--method",
+                      method, "--max-length", "48", "--no-progress", *extra]) or 0) == 0
         out[m] = pq.read_table(tmp_path / m / "scores.parquet").to_pandas().set_index("sample_id")
     rel, prior = out["relevance"], out["prior"].loc[out["relevance"].index]
-    # relevance = min(0, l(no request) - l(request)); its loss column is l(request), prior's is l(no request).
+    # At margin 0, relevance = min(0, l(no request) - l(request)); its loss column is l(request), prior's
+    # is l(no request).
     np.testing.assert_allclose(rel["score"], np.minimum(0, prior["loss"] - rel["loss"]), atol=1e-6)
     np.testing.assert_allclose(prior["score"], -prior["loss"])
-    assert (rel["score"] <= 0).all() and len(rel) == len(ROWS)
+    assert (rel["score"] <= 0).all() and len(rel) == len(ROWS) and (rel["score"] < 0).any()
+    # The default margin (1 standard error) only raises scores towards 0, never lowers one.
+    m1 = out["relevance-m1"].loc[rel.index]
+    assert (m1["score"] >= rel["score"] - 1e-9).all() and (m1["score"] <= 0).all()
+    assert (m1["score"] > rel["score"] + 1e-6).any()
+    resolved = json.loads((tmp_path / "relevance-m1" / "config.json").read_text())
+    assert resolved["relevance"] == {"margin": 1.0}

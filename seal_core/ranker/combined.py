@@ -50,10 +50,10 @@ def _base_signals(cfg, model, tokenizer, pool, encoded, dist) -> tuple[dict, np.
     default signals cost two passes over the pool (that one and the empty-request one), not three.
     """
     from ..tokenization import score_losses
-    from .relevance import answer_losses, relevance_from_losses
+    from .relevance import answer_losses, relevance_signal
 
     wanted = set(cfg.combined.signals) if cfg.method == "combined" else {"compliance"}
-    signals, info, probe_features = {}, {}, None
+    signals, info, probe_features, cond_tokens = {}, {}, None, None
     losses = np.full(len(encoded), math.nan)
     if "compliance" in wanted:
         signals["compliance"], info = compliance_scores(cfg, model, tokenizer, pool, encoded, dist)
@@ -61,21 +61,27 @@ def _base_signals(cfg, model, tokenizer, pool, encoded, dist) -> tuple[dict, np.
         from .features import features_and_losses
         from .probe import probe_inputs, probe_layer
 
-        resp, last, losses = features_and_losses(model, tokenizer, encoded, probe_layer(model, cfg.probe.layer),
-                                                 cfg.score_batch_size, cfg.progress, desc="probe features and losses",
-                                                 dist=dist, logits_budget=cfg.logits_budget)
+        # Under train_on=final the pass's token losses are relevance's l_t(answer | request) as well.
+        resp, last, losses, cond_tokens = features_and_losses(
+            model, tokenizer, encoded, probe_layer(model, cfg.probe.layer), cfg.score_batch_size, cfg.progress,
+            desc="probe features and losses", dist=dist, logits_budget=cfg.logits_budget,
+            token_nll="relevance" in wanted and cfg.train_on == "final")
         probe_features = probe_inputs(resp, last, cfg.probe.features)
         del resp, last
     if wanted & {"relevance", "prior"}:
         # Under train_on=final the pool's loss is over the final answer alone: the conditional loss itself.
         have_cond = cfg.train_on == "final" and not np.isnan(losses).all()
-        cond, uncond = answer_losses(model, tokenizer, encoded, cfg.score_batch_size, cfg.progress, dist=dist,
-                                     logits_budget=cfg.logits_budget, with_request=not have_cond)
-        if have_cond:
-            cond = losses
-        signals["relevance"], signals["prior"] = relevance_from_losses(cond, uncond), -uncond
+        need_gap = "relevance" in wanted
+        al = answer_losses(model, tokenizer, encoded, cfg.score_batch_size, cfg.progress, dist=dist,
+                           logits_budget=cfg.logits_budget, with_request=need_gap or not have_cond,
+                           cond_tokens=cond_tokens if need_gap and have_cond else None)
+        del cond_tokens
+        if need_gap:
+            signals["relevance"] = relevance_signal(al.pmi_mean, al.pmi_se, cfg.relevance.margin)
+        signals["prior"] = -al.uncond
         if cfg.train_on == "final":
-            losses = cond  # the final answer is all that carries loss: the same loss, not computed twice
+            # The final answer is all that carries loss: the same loss, not computed twice.
+            losses = losses if have_cond else al.cond
     if cfg.method == "combined" and np.isnan(losses).all() and len(losses):
         losses = score_losses(model, tokenizer, encoded, cfg.score_batch_size, cfg.progress, desc="losses",
                               dist=dist, logits_budget=cfg.logits_budget)

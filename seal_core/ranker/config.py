@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
@@ -155,8 +156,8 @@ class CombinedConfig:
         default_factory=lambda: ["probe", "prior", "relevance"],
         metadata={"help": "method=combined: the signals whose normalised ranks are averaged, all from one model "
                   "load. 'compliance': the compliance direction (uses --anchors); 'loss': minus the unadapted "
-                  "model's loss; 'relevance': min(0, l(answer | empty request) - l(answer | request)), "
-                  "below zero for garbage and answers to another request; 'prior': -l(answer | empty request), "
+                  "model's loss; 'relevance': min(0, l(answer | empty request) - l(answer | request) + relevance.margin "
+                  "standard errors), below zero for garbage and answers to another request; 'prior': -l(answer | empty request), "
                   "low for what an aligned model would not say unprompted (harmful compliance), high for refusals; 'probe': a seal-probe selector trained by the bilevel "
                   "loop (needs the safe set; uses the probe.* and selector.* settings)."},
     )
@@ -178,6 +179,21 @@ class CombinedConfig:
 
     def resolved_weights(self) -> list[float]:
         return [float(w) for w in self.weights] if self.weights else [1.0] * len(self.signals)
+
+
+@dataclass
+class RelevanceConfig:
+    margin: float = field(
+        default=1.0,
+        metadata={"help": "relevance = min(0, mean per-token gap l(answer | empty request) - l(answer | request) "
+                  "+ margin x its standard error): how many standard errors below zero the gap must be before "
+                  "a row counts as junk. 0 is the plain mean gap, which also flags refusals (generic answers "
+                  "whose gap is near 0); 1 (default) flags 9% of seal-bench's refusals instead of 23%."},
+    )
+
+    def __post_init__(self):
+        if not (math.isfinite(self.margin) and self.margin >= 0):
+            raise ConfigError(f"relevance.margin must be a finite number >= 0, got {self.margin}")
 
 
 # What each probe.features setting feeds the selector, in order (hidden_features' two readings).
@@ -276,6 +292,8 @@ class RankConfig:
     compliance: ComplianceConfig = field(default_factory=ComplianceConfig,
                                          metadata={"help": "method=compliance/combined settings."})
     combined: CombinedConfig = field(default_factory=CombinedConfig, metadata={"help": "method=combined settings."})
+    relevance: RelevanceConfig = field(default_factory=RelevanceConfig,
+                                       metadata={"help": "The relevance signal (method=relevance, combined)."})
     max_steps: int = field(default=0, metadata={"help": "Stop after this many steps in total (0: no limit); for smoke tests."})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
     processes: int = field(default=1, metadata={"help": "Train on this many local processes (torch.distributed: one "

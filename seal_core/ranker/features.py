@@ -19,8 +19,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from ..errors import SealError
-from ..tokenization import (DEFAULT_LOGITS_BUDGET, IGNORE_INDEX, _backbone_and_head, inference, loss_from_hidden,
-                            pad_token_id, scoring_passes)
+from ..tokenization import (DEFAULT_LOGITS_BUDGET, IGNORE_INDEX, TokenNLL, _backbone_and_head, inference, loss_from_hidden,
+                            pad_token_id, scoring_passes, token_nll_from_hidden)
 
 Features = dict[int, tuple[np.ndarray, np.ndarray]]
 
@@ -73,11 +73,12 @@ def _all_reduce(arr: np.ndarray, device) -> np.ndarray:
 
 
 def _feature_batches(model, tokenizer, encoded, wanted: list[int], batch_size: int, progress: bool, desc: str, dist,
-                     logits_budget: Optional[int] = None):
+                     logits_budget: Optional[int] = None, tokens: Optional[TokenNLL] = None):
     """``(indices, {layer: (resp_mean, last_prompt)}, losses)`` per batch of a no-gradient pass (float32 NumPy).
 
     ``losses`` is None unless ``logits_budget`` is given: then it is the batch's per-sample loss, from
     the same forward's final hidden states (``per_sample_loss``'s values, without a second pass).
+    With ``tokens`` too, every target token's NLL is written into it as well.
     """
     if not len(encoded):
         raise SealError("no samples to compute features of")
@@ -94,8 +95,14 @@ def _feature_batches(model, tokenizer, encoded, wanted: list[int], batch_size: i
             for l in wanted:
                 r, p = _reduce(hs[l], batch["labels"], batch["attention_mask"])
                 out[l] = (r.cpu().numpy(), p.cpu().numpy())
-            losses = (loss_from_hidden(m, head, res.last_hidden_state, batch["labels"], logits_budget)
-                      .float().cpu().numpy() if logits_budget is not None else None)
+            losses = None
+            if tokens is not None:
+                nll, rows = token_nll_from_hidden(m, head, res.last_hidden_state, batch["labels"], logits_budget)
+                tokens.fill(idx, nll, rows)
+                losses = np.array([tokens.row(i).astype(np.float64).mean() if len(tokens.row(i)) else np.nan
+                                   for i in idx])
+            elif logits_budget is not None:
+                losses = loss_from_hidden(m, head, res.last_hidden_state, batch["labels"], logits_budget).float().cpu().numpy()
             del hs, res
             yield idx, out, losses
 
@@ -145,11 +152,15 @@ def projected_features(model, tokenizer, encoded, layer: int,
 
 def features_and_losses(model, tokenizer, encoded, layer: int, batch_size: int, progress: bool = False,
                         desc: str = "features and losses", dist=None,
-                        logits_budget: int = DEFAULT_LOGITS_BUDGET) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(resp_mean [N, d], last_prompt [N, d], loss [N])`` at ``layer`` from one forward pass.
+                        logits_budget: int = DEFAULT_LOGITS_BUDGET, token_nll: bool = False
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Optional[TokenNLL]]:
+    """``(resp_mean [N, d], last_prompt [N, d], loss [N], tokens)`` at ``layer`` from one forward pass.
 
     The features equal :func:`hidden_features`' and the losses :func:`~seal_core.tokenization.score_losses`'
     (same batches, same forward): a ranker that needs both pays for one pass over the pool, not two.
+    ``tokens`` is None unless ``token_nll``: then every target token's NLL (a
+    :class:`~seal_core.tokenization.TokenNLL`; ``encoded`` must be an EncodedPool), as
+    ``score_losses(..., token_nll=True)`` gives it.
     """
     (wanted,) = resolve_layers(model, [layer])
     m, _, head = _backbone_and_head(model)
@@ -157,14 +168,17 @@ def features_and_losses(model, tokenizer, encoded, layer: int, batch_size: int, 
     d, n = int(m.config.hidden_size), len(encoded)
     resp, last = np.zeros((n, d), dtype=np.float32), np.zeros((n, d), dtype=np.float32)
     losses = np.zeros(n, dtype=np.float64)
+    tokens = TokenNLL.empty_for(encoded) if token_nll else None
     for idx, feats, batch_losses in _feature_batches(model, tokenizer, encoded, [wanted], batch_size, progress, desc,
-                                                     dist, logits_budget):
+                                                     dist, logits_budget, tokens):
         resp[idx], last[idx] = feats[wanted]
         losses[idx] = batch_losses
     if dist is not None and dist.enabled:
         # Every row was filled by exactly one rank, zeros elsewhere: the sum is the whole array.
         resp, last, losses = (_all_reduce(a, device) for a in (resp, last, losses))
-    return resp, last, losses
+        if tokens is not None:
+            tokens.all_reduce(device)
+    return resp, last, losses, tokens
 
 
 __all__ = ["Features", "features_and_losses", "hidden_features", "num_hidden_layers", "projected_features", "resolve_layers"]

@@ -104,14 +104,15 @@ def _rank(cfg: RankConfig, out: Path, resume: bool, on_progress: Optional[Progre
             # High loss under the unadapted model = unlike what the model already does: drop first.
             scores = -losses
         elif cfg.method in ("relevance", "prior"):
-            from .relevance import answer_losses, relevance_from_losses
+            from .relevance import answer_losses, relevance_signal
 
-            cond, uncond = answer_losses(model, tok, enc, cfg.score_batch_size, cfg.progress, dist=dist,
-                                         logits_budget=cfg.logits_budget, with_request=cfg.method == "relevance")
+            al = answer_losses(model, tok, enc, cfg.score_batch_size, cfg.progress, dist=dist,
+                               logits_budget=cfg.logits_budget, with_request=cfg.method == "relevance")
             scores, losses = np.full(len(ids), math.nan), np.full(len(ids), math.nan)
-            scores[pos] = relevance_from_losses(cond, uncond) if cfg.method == "relevance" else -uncond
+            scores[pos] = (relevance_signal(al.pmi_mean, al.pmi_se, cfg.relevance.margin)
+                           if cfg.method == "relevance" else -al.uncond)
             # The loss column: the answer's loss as the method saw it (with the request, or without).
-            losses[pos] = cond if cfg.method == "relevance" else uncond
+            losses[pos] = al.cond if cfg.method == "relevance" else al.uncond
         elif cfg.method in ("compliance", "combined"):
             from .combined import rank_combined
 
