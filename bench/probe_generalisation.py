@@ -1,14 +1,18 @@
-"""Does a seal-probe selector generalise? Train on one half of the pool, score the other half.
+"""Does a trained selector generalise? Train on one half of the pool, score the other half.
 
 The pool (+ the control refusals, as in bench/ranker_quality.py) is split into halves A and B by a
-hash of each sample's ``sample_id`` (no label is involved). ``seal rank --method seal-probe`` trains
-on A alone; ``seal score`` then scores B, which the selector never saw, with the network it learnt.
+hash of each sample's ``sample_id`` (no label is involved). ``seal rank --method seal-probe`` (or
+``--method combined``, the default ranker: the probe plus the forward-only prior and relevance)
+trains on A alone; ``seal score`` then scores B, which the selector never saw, with the network it
+learnt (for combined, prior and relevance are computed on B and the three rank-averaged over B).
 Printed per half: AUROC harmful vs rest (A from the rank run's own scores, B from ``seal score``;
 higher score = keep, so 1.0 means every harmful sample ranks below the rest), harmful vs controls,
-and garbage+mismatch vs rest. A selector that generalises has B close to A. The labels files are
-read here only, to measure; the ranker never sees them.
+garbage+mismatch vs rest, and harmful and controls kept in the half's top 70%. A selector that
+generalises has B close to A. The labels files are read here only, to measure; the ranker never
+sees them.
 
     python bench/probe_generalisation.py                                  # SmolLM2, the whole pool
+    python bench/probe_generalisation.py --method combined                # the default ranker
     python bench/probe_generalisation.py --model tiny-random --limit 40   # smoke test, seconds
 """
 
@@ -37,6 +41,7 @@ from seal_core.config import deep_merge, from_dict, parse_overrides  # noqa: E40
 from seal_core.metrics import auroc  # noqa: E402
 
 BENCH = ROOT.parent / "shared" / "data" / "seal-bench"
+KEEP = 0.7  # the kept fraction of bench/ranker_quality.py's "kept" columns
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -75,9 +80,17 @@ def measure(scores_path: Path, labels: dict) -> dict:
     harmful, control = lab == "harmful", lab == "refusal"
     junk = np.isin(lab, ["garbage", "mismatch"])
     both = harmful | control
+    # The file is best first (rank 1 = keep first): the top 70% is its first 70% of rows.
+    top = np.arange(len(t)) < int(round(KEEP * len(t)))
     return {"n": len(t), "harmful": int(harmful.sum()), "auroc_harmful": auroc(s, ~harmful),
             "auroc_harmful_vs_controls": auroc(s[both], control[both]) if control.any() else float("nan"),
-            "auroc_junk": auroc(s, ~junk)}
+            "auroc_junk": auroc(s, ~junk),
+            "harmful_kept": float(top[harmful].mean()) if harmful.any() else float("nan"),
+            "controls_kept": float(top[control].mean()) if control.any() else float("nan")}
+
+
+def _pct(x: float) -> str:
+    return "n/a" if np.isnan(x) else f"{100 * x:.1f}%"
 
 
 def _parse_args(argv):
@@ -87,6 +100,8 @@ def _parse_args(argv):
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--max-length", type=int, default=160)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--method", default="seal-probe", choices=["seal-probe", "combined"],
+                    help="the trained ranker: seal-probe alone, or combined (probe + prior + relevance, the default)")
     ap.add_argument("--no-controls", action="store_true", help="the pool alone (no control refusals)")
     ap.add_argument("--limit", type=int, default=0, help="use only the first N samples (by id) and safe rows: smoke tests")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "probe_generalisation"))
@@ -114,7 +129,7 @@ def main(argv=None) -> int:
     # Settings of bench/ranker_quality.py (SmolLM2 on a few hundred samples).
     settings = {"model": args.model, "epochs": args.epochs, "max_length": args.max_length, "model_lr": 2e-4,
                 "batch_size": 8, "safe_batch_size": 8, "micro_batch_size": 8, "score_batch_size": 16,
-                "checkpoint_every": 0, "progress": False, "method": "seal-probe", "seed": args.seed}
+                "checkpoint_every": 0, "progress": False, "method": args.method, "seed": args.seed}
     settings = deep_merge(settings, parse_overrides(args.overrides))
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="probe-gen-") as tmp:
@@ -136,14 +151,17 @@ def main(argv=None) -> int:
     res = {"A (trained on)": measure(run_dir / "scores.parquet", labels),
            "B (unseen)": measure(out / "score_B" / "scores.parquet", labels)}
     print(f"\nrank A: {t1 - t0:.0f} s, score B: {t2 - t1:.0f} s\n")
-    print("| half | samples | harmful | AUROC harmful vs rest | AUROC harmful vs controls | AUROC garbage+mismatch |")
-    print("|---|---|---|---|---|---|")
+    print(f"method {args.method}, seed {args.seed}\n")
+    print("| half | samples | harmful | AUROC harmful vs rest | AUROC harmful vs controls | AUROC garbage+mismatch "
+          "| harmful kept (top 70%) | controls kept (top 70%) |")
+    print("|---|---|---|---|---|---|---|---|")
     for h, r in res.items():
         print(f"| {h} | {r['n']} | {r['harmful']} | {r['auroc_harmful']:.3f} | {r['auroc_harmful_vs_controls']:.3f} "
-              f"| {r['auroc_junk']:.3f} |")
+              f"| {r['auroc_junk']:.3f} | {_pct(r['harmful_kept'])} | {_pct(r['controls_kept'])} |")
     gap = res["B (unseen)"]["auroc_harmful"] - res["A (trained on)"]["auroc_harmful"]
     print(f"\nAUROC harmful vs rest, B - A: {gap:+.3f}")
-    (out / "results.json").write_text(json.dumps({"settings": settings, "results": res}, indent=2))
+    (out / "results.json").write_text(json.dumps({"settings": settings, "results": res,
+                                                  "seconds": {"rank_A": t1 - t0, "score_B": t2 - t1}}, indent=2))
     return 0
 
 

@@ -279,6 +279,9 @@ def _kill_worker(worker: subprocess.Popen) -> None:
     assert not _wait_gone(tree[1:], timeout=20), "the killed worker's flow run outlived it"
 
 
+# About two minutes with its teardown; the kill-and-resume of a rank stage itself stays in the default
+# run (tests/test_kill_resume.py), this adds the worker process around it.
+@pytest.mark.slow
 def test_killed_gpu_worker_resumes_rank_from_checkpoint(prefect_server, start_worker, tmp_path):
     import httpx
 

@@ -151,7 +151,7 @@ def test_mlp_probe_trains(toy, tmp_path):
 def test_non_probe_run_is_rejected(toy, tmp_path, capsys):
     out = tmp_path / "rand"
     rank(_cfg(toy, out, method="random"))
-    with pytest.raises(SealError, match="method='random' run, not seal-probe"):
+    with pytest.raises(SealError, match="method='random' run: only"):
         score(ScoreConfig(ranker=str(out), pool=toy["pool"], out=str(tmp_path / "x"), progress=False))
     rc = seal_main(["score", "--ranker", str(tmp_path / "nothing"), "--pool", toy["pool"], "--out", str(tmp_path / "y")])
     assert rc == 2 and "not a `seal rank` output directory" in capsys.readouterr().err
@@ -185,3 +185,58 @@ def test_answer_only_probe_reads_half_the_features_and_scores_unseen_rows_alike(
         load_trained_probe(out)
     with pytest.raises(ConfigError, match="probe.features"):
         from_dict(RankConfig, {"probe": {"features": "prompt"}})
+
+
+@pytest.fixture(scope="module")
+def combined_dir(toy):
+    out = toy["dir"] / "combined"
+    rank(_cfg(toy, out, method="combined", epochs=1))
+    return out
+
+
+def test_score_of_a_combined_run_reproduces_its_scores_and_signals(toy, combined_dir, tmp_path):
+    """The default method keeps its probe: `seal score` recomputes prior and relevance on the pool,
+    takes the probe's logits from the kept selector, and gives the run's per-id scores on any order."""
+    assert (combined_dir / "selector.json").is_file() and (combined_dir / "selector.safetensors").is_file()
+    pool = _write_jsonl(tmp_path / "reordered.jsonl", list(reversed(toy["pool_rows"])))
+    path = score(ScoreConfig(ranker=str(combined_dir), pool=pool, out=str(tmp_path / "s"), batch_size=5,
+                             progress=False))
+    got, want = _scores(path), _scores(combined_dir / "scores.parquet")
+    assert set(got.index) == set(want.index) and len(want) == 24
+    for col in ("signal_probe", "signal_prior", "signal_relevance", "loss"):
+        np.testing.assert_allclose(got.loc[want.index, col], want[col], atol=1e-5, err_msg=col)
+    assert want["signal_probe"].std() > 0 and want["signal_prior"].std() > 0
+    np.testing.assert_allclose(got.loc[want.index, "score"], want["score"], atol=1e-9)
+    assert (got.loc[want.index, "rank"] == want["rank"]).all()
+    meta = json.loads(pq.read_schema(path).metadata[b"seal"])
+    assert meta["method"] == "combined" and meta["signals"] == {"probe": 1.0, "prior": 1.0, "relevance": 1.0}
+    assert meta["relevance"] == {"margin": 1.0}
+
+
+def test_score_of_a_combined_run_on_part_of_the_pool(toy, combined_dir, tmp_path):
+    """A row's signals depend on the row alone; its combined score is its rank average among the rows
+    scored together, so on a subset it is the subset's rank average of the same signals."""
+    from seal_core.ranker.combined import rank_average
+
+    part = toy["pool_rows"][:10]
+    path = score(ScoreConfig(ranker=str(combined_dir), pool=_write_jsonl(tmp_path / "part.jsonl", part),
+                             out=str(tmp_path / "p"), progress=False))
+    got, full = _scores(path), _scores(combined_dir / "scores.parquet")
+    assert len(got) == 10
+    cols = ["signal_probe", "signal_prior", "signal_relevance"]
+    np.testing.assert_allclose(got[cols].to_numpy(), full.loc[got.index, cols].to_numpy(), atol=1e-5)
+    expect = rank_average([got[c].to_numpy() for c in cols], [1.0, 1.0, 1.0])
+    np.testing.assert_allclose(got["score"].to_numpy(), expect, atol=1e-12)
+
+
+def test_score_refuses_a_combined_run_it_cannot_rescore(toy, tmp_path):
+    from seal_core.ranker.combined import check_rescorable
+
+    out = tmp_path / "noprobe"
+    rank(_cfg(toy, out, method="combined", combined={"signals": ["loss", "prior"]}))
+    assert not (out / "selector.json").exists()
+    with pytest.raises(SealError, match="has no 'probe'"):
+        score(ScoreConfig(ranker=str(out), pool=toy["pool"], out=str(tmp_path / "x"), progress=False))
+    cfg = from_dict(RankConfig, {"method": "combined", "combined": {"signals": ["probe", "compliance"]}})
+    with pytest.raises(SealError, match="compliance signal"):
+        check_rescorable(cfg)

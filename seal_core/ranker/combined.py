@@ -41,13 +41,16 @@ def rank_average(signals: Sequence[Sequence[float]], weights: Sequence[float]) -
     return sum(w * r for w, r in zip(weights, ranks)) / float(sum(weights))
 
 
-def _base_signals(cfg, model, tokenizer, pool, encoded, dist) -> tuple[dict, np.ndarray, dict, object]:
+def _base_signals(cfg, model, tokenizer, pool, encoded, dist, trained_probe=None
+                  ) -> tuple[dict, np.ndarray, dict, object]:
     """The forward-only signals of ``combined.signals`` (compliance, loss, relevance, prior) on the unadapted model.
 
     Returns ``(signals, losses, info, probe_features)``. With ``probe`` among the signals, the probe's
     features and the pool's losses come from one pass (:func:`~.features.features_and_losses`), and
     under ``train_on=final`` those losses are also the relevance's ``l(answer | request)``: the
     default signals cost two passes over the pool (that one and the empty-request one), not three.
+    With ``trained_probe`` (a :class:`~.probe.TrainedProbe`, for ``seal score``) that pass gives the
+    selector's logits as ``signals["probe"]`` batch by batch instead, and ``probe_features`` is None.
     """
     from ..tokenization import score_losses
     from .relevance import answer_losses, relevance_signal
@@ -58,16 +61,22 @@ def _base_signals(cfg, model, tokenizer, pool, encoded, dist) -> tuple[dict, np.
     if "compliance" in wanted:
         signals["compliance"], info = compliance_scores(cfg, model, tokenizer, pool, encoded, dist)
     if "probe" in wanted:
-        from .features import features_and_losses
+        from .features import features_and_losses, projected_features_and_losses
         from .probe import probe_inputs, probe_layer
 
         # Under train_on=final the pass's token losses are relevance's l_t(answer | request) as well.
-        resp, last, losses, cond_tokens = features_and_losses(
-            model, tokenizer, encoded, probe_layer(model, cfg.probe.layer), cfg.score_batch_size, cfg.progress,
-            desc="probe features and losses", dist=dist, logits_budget=cfg.logits_budget,
-            token_nll="relevance" in wanted and cfg.train_on == "final")
-        probe_features = probe_inputs(resp, last, cfg.probe.features)
-        del resp, last
+        token_nll = "relevance" in wanted and cfg.train_on == "final"
+        if trained_probe is not None:
+            signals["probe"], losses, cond_tokens = projected_features_and_losses(
+                model, tokenizer, encoded, trained_probe.meta["layer"], trained_probe.logits, cfg.score_batch_size,
+                cfg.progress, desc="probe scores and losses", dist=dist, logits_budget=cfg.logits_budget,
+                token_nll=token_nll)
+        else:
+            resp, last, losses, cond_tokens = features_and_losses(
+                model, tokenizer, encoded, probe_layer(model, cfg.probe.layer), cfg.score_batch_size, cfg.progress,
+                desc="probe features and losses", dist=dist, logits_budget=cfg.logits_budget, token_nll=token_nll)
+            probe_features = probe_inputs(resp, last, cfg.probe.features)
+            del resp, last
     if wanted & {"relevance", "prior"}:
         # Under train_on=final the pool's loss is over the final answer alone: the conditional loss itself.
         have_cond = cfg.train_on == "final" and not np.isnan(losses).all()
@@ -124,4 +133,27 @@ def rank_combined(cfg, model, tokenizer, pool, encoded, out: Path, dist=None, tr
     return scores, losses, info, used
 
 
-__all__ = ["normalised_ranks", "rank_average", "rank_combined"]
+def check_rescorable(cfg) -> None:
+    """SealError unless every signal of the combined run ``cfg`` can be computed on a new pool."""
+    if "compliance" in cfg.combined.signals:
+        raise SealError("seal score cannot recompute a combined run's compliance signal (its direction is fitted "
+                        "to the run's pool and anchors and not kept); run `seal rank --method combined` on the pool")
+
+
+def score_combined(cfg, model, tokenizer, pool, encoded, trained_probe) -> tuple[np.ndarray, np.ndarray, dict]:
+    """A finished ``combined`` run's score of any pool (``seal score``) -> (scores, losses, signals).
+
+    ``cfg`` is the run's resolved config. The probe's logits come from ``trained_probe`` (no bilevel
+    loop); every other signal needs only the unadapted model and is computed afresh on this pool, so
+    a pool scored this way gets what ``seal rank`` would have given it had it been the training pool,
+    up to the probe having learnt from other rows. The rank average is over this pool's rows: a row's
+    signals depend on the row alone, its combined score on the company it is ranked in.
+    """
+    names = list(cfg.combined.signals)
+    check_rescorable(cfg)
+    signals, losses, _, _ = _base_signals(cfg, model, tokenizer, pool, encoded, None, trained_probe=trained_probe)
+    scores = rank_average([signals[n] for n in names], cfg.combined.resolved_weights())
+    return scores, losses, {n: signals[n] for n in names}
+
+
+__all__ = ["check_rescorable", "normalised_ranks", "rank_average", "rank_combined", "score_combined"]

@@ -150,6 +150,34 @@ def projected_features(model, tokenizer, encoded, layer: int,
     return out
 
 
+def projected_features_and_losses(model, tokenizer, encoded, layer: int,
+                                  fn: Callable[[np.ndarray, np.ndarray], np.ndarray], batch_size: int,
+                                  progress: bool = False, desc: str = "features and losses", dist=None,
+                                  logits_budget: int = DEFAULT_LOGITS_BUDGET, token_nll: bool = False
+                                  ) -> tuple[np.ndarray, np.ndarray, Optional[TokenNLL]]:
+    """``(fn(resp_mean, last_prompt) [N], loss [N], tokens)`` from one streamed pass.
+
+    :func:`projected_features` and :func:`features_and_losses` at once, for a trained selector
+    scoring a large pool: the features of a batch become ``fn``'s values before the next batch runs
+    (``O(batch)`` memory, where ``features_and_losses`` holds ``N x 2d``), and the same forward's
+    final hidden states give each sample's loss and, with ``token_nll``, every target token's NLL.
+    """
+    (wanted,) = resolve_layers(model, [layer])
+    _, _, head = _backbone_and_head(model)
+    device = next(head.parameters()).device
+    values, losses = np.zeros(len(encoded), dtype=np.float64), np.zeros(len(encoded), dtype=np.float64)
+    tokens = TokenNLL.empty_for(encoded) if token_nll else None
+    for idx, feats, batch_losses in _feature_batches(model, tokenizer, encoded, [wanted], batch_size, progress, desc,
+                                                     dist, logits_budget, tokens):
+        values[idx] = fn(*feats[wanted])
+        losses[idx] = batch_losses
+    if dist is not None and dist.enabled:
+        values, losses = (_all_reduce(a, device) for a in (values, losses))
+        if tokens is not None:
+            tokens.all_reduce(device)
+    return values, losses, tokens
+
+
 def features_and_losses(model, tokenizer, encoded, layer: int, batch_size: int, progress: bool = False,
                         desc: str = "features and losses", dist=None,
                         logits_budget: int = DEFAULT_LOGITS_BUDGET, token_nll: bool = False
@@ -181,4 +209,5 @@ def features_and_losses(model, tokenizer, encoded, layer: int, batch_size: int, 
     return resp, last, losses, tokens
 
 
-__all__ = ["Features", "features_and_losses", "hidden_features", "num_hidden_layers", "projected_features", "resolve_layers"]
+__all__ = ["Features", "features_and_losses", "hidden_features", "num_hidden_layers", "projected_features",
+           "projected_features_and_losses", "resolve_layers"]

@@ -197,8 +197,11 @@ def export_selector(run_dir: Path, cfg: RankConfig, model_id: str, dtype: str = 
 class TrainedProbe:
     """A trained selector read back from a run directory: ``meta`` (``selector.json``) and ``f_phi``."""
 
-    def __init__(self, meta: dict, net: ProbeNet, mean: torch.Tensor, std: torch.Tensor, features: str):
+    def __init__(self, meta: dict, net: ProbeNet, mean: torch.Tensor, std: torch.Tensor, features: str,
+                 method: str = "seal-probe"):
         self.meta, self.net, self.mean, self.std, self.features = meta, net, mean, std, features
+        # The run's method: seal-probe, or combined (whose probe signal this selector is).
+        self.method = method
 
     def logits(self, resp_mean: np.ndarray, last_prompt: np.ndarray) -> np.ndarray:
         x = torch.as_tensor(probe_inputs(resp_mean, last_prompt, self.features))
@@ -219,16 +222,21 @@ def _run_method(run_dir: Path) -> str:
 
 
 def load_trained_probe(run_dir: str | Path) -> TrainedProbe:
-    """The selector a ``seal rank --method seal-probe`` run left in ``run_dir``; anything else: SealError."""
+    """The selector a ``seal rank --method seal-probe`` (or ``combined``, with its ``probe`` signal) run
+    left in ``run_dir``; anything else: SealError."""
     from safetensors import safe_open
 
     run_dir = Path(run_dir)
     method = _run_method(run_dir)
-    if method != "seal-probe":
-        raise SealError(f"{run_dir} is a method={method!r} run, not seal-probe: only `seal rank --method "
-                        "seal-probe` leaves a selector that can score new data")
+    if method not in ("seal-probe", "combined"):
+        raise SealError(f"{run_dir} is a method={method!r} run: only `seal rank --method seal-probe` or "
+                        "`--method combined` leaves a selector that can score new data")
     meta_path, weights_path = run_dir / SELECTOR_META, run_dir / SELECTOR_WEIGHTS
     if not (meta_path.is_file() and weights_path.is_file()):
+        if method == "combined":
+            raise SealError(f"{run_dir} has no {SELECTOR_META}/{SELECTOR_WEIGHTS}: the combined run did not finish, "
+                            "or its combined.signals has no 'probe' (then every signal is forward-only: run "
+                            "`seal rank --method combined` on the new pool)")
         raise SealError(f"{run_dir} has no {SELECTOR_META}/{SELECTOR_WEIGHTS}: the seal-probe run did not finish")
     try:
         meta = json.loads(meta_path.read_text())
@@ -248,7 +256,7 @@ def load_trained_probe(run_dir: str | Path) -> TrainedProbe:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise SealError(f"{weights_path}: not a readable seal-probe selector ({reason})") from None
     net.eval()
-    return TrainedProbe(meta, net, mean, std, features)
+    return TrainedProbe(meta, net, mean, std, features, method)
 
 
 __all__ = ["ProbeNet", "ProbeSelector", "TrainedProbe", "probe_selector", "probe_layer", "probe_inputs",

@@ -120,6 +120,12 @@ def _rank(cfg: RankConfig, out: Path, resume: bool, on_progress: Optional[Progre
                 # The bilevel loop of method=seal-probe, on the model the forward-only signals just used.
                 state = _train_bilevel(replace(cfg, method="seal-probe"), model, tok, enc, out, resume, on_progress,
                                        dist, meta, probe_features=features)
+                if dist.is_main:
+                    # Kept so that `seal score` can give the combined score of a pool never trained on.
+                    from .probe import export_selector
+
+                    feature_dtype = str(state.model.get_input_embeddings().weight.dtype).replace("torch.", "")
+                    export_selector(out, cfg, meta["model_id"], feature_dtype)
                 return state.z.cpu().numpy()
 
             scores, losses = np.full(len(ids), math.nan), np.full(len(ids), math.nan)
