@@ -140,22 +140,18 @@ def projected_features(model, tokenizer, encoded, layer: int,
     The features of a batch are reduced by ``fn`` before the next batch runs, so memory stays
     ``O(batch)`` however many samples there are (``hidden_features`` holds ``N x d`` per layer).
     """
-    (wanted,) = resolve_layers(model, [layer])
-    _, _, head = _backbone_and_head(model)
-    out = np.zeros(len(encoded), dtype=np.float64)
-    for idx, feats, _ in _feature_batches(model, tokenizer, encoded, [wanted], batch_size, progress, desc, dist):
-        out[idx] = fn(*feats[wanted])
-    if dist is not None and dist.enabled:
-        out = _all_reduce(out, next(head.parameters()).device)
-    return out
+    return projected_features_and_losses(model, tokenizer, encoded, layer, fn, batch_size, progress, desc, dist,
+                                         logits_budget=None)[0]
 
 
 def projected_features_and_losses(model, tokenizer, encoded, layer: int,
                                   fn: Callable[[np.ndarray, np.ndarray], np.ndarray], batch_size: int,
                                   progress: bool = False, desc: str = "features and losses", dist=None,
-                                  logits_budget: int = DEFAULT_LOGITS_BUDGET, token_nll: bool = False
-                                  ) -> tuple[np.ndarray, np.ndarray, Optional[TokenNLL]]:
+                                  logits_budget: Optional[int] = DEFAULT_LOGITS_BUDGET, token_nll: bool = False
+                                  ) -> tuple[np.ndarray, Optional[np.ndarray], Optional[TokenNLL]]:
     """``(fn(resp_mean, last_prompt) [N], loss [N], tokens)`` from one streamed pass.
+
+    ``logits_budget=None`` skips the head (``loss`` is None): :func:`projected_features`.
 
     :func:`projected_features` and :func:`features_and_losses` at once, for a trained selector
     scoring a large pool: the features of a batch become ``fn``'s values before the next batch runs
@@ -165,14 +161,20 @@ def projected_features_and_losses(model, tokenizer, encoded, layer: int,
     (wanted,) = resolve_layers(model, [layer])
     _, _, head = _backbone_and_head(model)
     device = next(head.parameters()).device
-    values, losses = np.zeros(len(encoded), dtype=np.float64), np.zeros(len(encoded), dtype=np.float64)
-    tokens = TokenNLL.empty_for(encoded) if token_nll else None
+    with_loss = logits_budget is not None
+    values = np.zeros(len(encoded), dtype=np.float64)
+    losses = np.zeros(len(encoded), dtype=np.float64) if with_loss else None
+    tokens = TokenNLL.empty_for(encoded) if token_nll and with_loss else None
     for idx, feats, batch_losses in _feature_batches(model, tokenizer, encoded, [wanted], batch_size, progress, desc,
                                                      dist, logits_budget, tokens):
         values[idx] = fn(*feats[wanted])
-        losses[idx] = batch_losses
+        if with_loss:
+            losses[idx] = batch_losses
     if dist is not None and dist.enabled:
-        values, losses = (_all_reduce(a, device) for a in (values, losses))
+        # Every row was filled by exactly one rank, zeros elsewhere: the sum is the whole array.
+        values = _all_reduce(values, device)
+        if with_loss:
+            losses = _all_reduce(losses, device)
         if tokens is not None:
             tokens.all_reduce(device)
     return values, losses, tokens
